@@ -1,0 +1,146 @@
+"""The controller side: ipcontroller on fixed ports with a persistent profile.
+
+The profile survives restarts so that ``restore_engines`` brings back every
+engine that is still heartbeating (DESIGN.md, "Healing"); the instance id
+lives inside the profile, so losing the profile is exactly what changes it and
+tells the engine hosts to restart their engines.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import secrets
+import sys
+import time
+from pathlib import Path
+
+from picluster.config import Config
+from picluster.connection import ports_argument
+from picluster.files import atomic_write_text
+from picluster.paths import Paths
+from picluster.process import Child
+from picluster.secret import Keys
+
+log = logging.getLogger(__name__)
+
+INSTANCE_FILE = "picluster-instance"
+CONNECTION_FILES = ("ipcontroller-engine.json", "ipcontroller-client.json")
+
+
+def instance_id(profile_dir: Path) -> str:
+    """The controller instance id, created with the profile and lost with it."""
+    path = profile_dir / INSTANCE_FILE
+    try:
+        value = path.read_text().strip()
+        if value:
+            return value
+    except FileNotFoundError:
+        pass
+    value = secrets.token_hex(6)
+    atomic_write_text(path, value + "\n")
+    return value
+
+
+def controller_env(keys: Keys, config: Config, paths: Paths) -> dict[str, str]:
+    env = dict(os.environ)
+    env["IPYTHONDIR"] = str(paths.ipython_dir)
+    env.pop("IPP_SESSION_KEY", None)
+    if config.cluster.curve:
+        pair = keys.curve()
+        env["IPP_ENABLE_CURVE"] = "1"
+        env["IPP_CURVE_SECRETKEY"] = pair.server_secret.decode("ascii")
+        env["IPP_CURVE_PUBLICKEY"] = pair.server_public.decode("ascii")
+    else:
+        # The key goes by environment, never on a command line (ps shows those).
+        env["IPP_SESSION_KEY"] = keys.ipp_key
+    return env
+
+
+def controller_argv(config: Config, paths: Paths) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "ipyparallel.controller",
+        f"--profile-dir={paths.profile_dir}",
+        f"--ip={config.controller.listen}",
+        f"--ports={ports_argument(config.cluster.base_port)}",
+        # Not --restore: that also reuses old connection files, whose key and
+        # ports may be stale after a secret or config change. Engine state is
+        # what has to survive; the files are rebuilt from config every start.
+        "--IPController.restore_engines=True",
+        "--IPController.reuse_files=False",
+    ]
+
+
+def prepare_profile(paths: Paths) -> None:
+    security = paths.profile_dir / "security"
+    security.mkdir(parents=True, exist_ok=True, mode=0o700)
+    paths.ipython_dir.mkdir(parents=True, exist_ok=True)
+    for name in CONNECTION_FILES:
+        (security / name).unlink(missing_ok=True)
+
+
+async def wait_listening(host: str, port: int, deadline: float) -> bool:
+    while time.monotonic() < deadline:
+        try:
+            _, writer = await asyncio.open_connection(host, port)
+        except OSError:
+            await asyncio.sleep(0.2)
+            continue
+        writer.close()
+        await writer.wait_closed()
+        return True
+    return False
+
+
+class ControllerProcess:
+    def __init__(self, config: Config, keys: Keys, paths: Paths) -> None:
+        self.config = config
+        self.keys = keys
+        self.paths = paths
+        self.child: Child | None = None
+
+    async def start(self, ready_timeout: float = 300.0) -> None:
+        """Start ipcontroller and return once its registration port answers."""
+        prepare_profile(self.paths)
+        self.child = Child(
+            "ipcontroller",
+            controller_argv(self.config, self.paths),
+            controller_env(self.keys, self.config, self.paths),
+        )
+        await self.child.start()
+        listen = self.config.controller.listen
+        probe = "127.0.0.1" if listen == "0.0.0.0" else listen
+        deadline = time.monotonic() + ready_timeout
+        waiter = asyncio.ensure_future(
+            wait_listening(probe, self.config.cluster.base_port, deadline)
+        )
+        exited = asyncio.ensure_future(self.child.wait())
+        done, _ = await asyncio.wait({waiter, exited}, return_when=asyncio.FIRST_COMPLETED)
+        if exited in done:
+            waiter.cancel()
+            raise RuntimeError(
+                f"ipcontroller exited with status {exited.result()} before listening on "
+                f"port {self.config.cluster.base_port} (see the lines above; is another "
+                "program using that port range? Fix: [cluster] base_port)"
+            )
+        exited.cancel()
+        if not waiter.result():
+            await self.child.stop()
+            raise RuntimeError(
+                f"ipcontroller did not listen on {probe}:{self.config.cluster.base_port} "
+                f"within {ready_timeout:.0f} s"
+            )
+        log.info(
+            "ipcontroller listening on ports %s", ports_argument(self.config.cluster.base_port)
+        )
+
+    async def wait(self) -> int:
+        assert self.child is not None
+        return await self.child.wait()
+
+    async def stop(self) -> None:
+        if self.child:
+            await self.child.stop()

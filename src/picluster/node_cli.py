@@ -1,0 +1,184 @@
+"""Subcommands that run on a node: role, agent, status, doctor, secret, client-file."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import pwd
+import sys
+from pathlib import Path
+
+from picluster import config, roles, secret
+from picluster.connection import client_info, dumps
+from picluster.files import atomic_write_text
+from picluster.paths import Paths, hostname
+
+EX_CONFIG = 78
+
+
+def _paths(args: argparse.Namespace) -> Paths:
+    return Paths.resolve(args.config, args.secret, args.state_dir)
+
+
+def _path_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("paths (also $PICLUSTER_CONFIG/_SECRET/_STATE_DIR)")
+    group.add_argument(
+        "--config", type=Path, help="cluster.toml (default /etc/picluster/cluster.toml)"
+    )
+    group.add_argument("--secret", type=Path, help="secret file (default /etc/picluster/secret)")
+    group.add_argument(
+        "--state-dir", type=Path, help="state directory (default /var/lib/picluster)"
+    )
+
+
+def _logging() -> None:
+    # Under systemd the journal stamps every line; elsewhere we do.
+    fmt = (
+        "%(levelname)s %(message)s"
+        if os.environ.get("JOURNAL_STREAM")
+        else ("%(asctime)s %(levelname)s %(message)s")
+    )
+    logging.basicConfig(level=logging.INFO, format=fmt, stream=sys.stderr)
+
+
+def cmd_role(args: argparse.Namespace) -> int:
+    paths = _paths(args)
+    try:
+        cfg = config.load(paths.config)
+        decision = roles.decide(hostname(), cfg)
+    except (config.ConfigError, roles.RoleError) as exc:
+        print(f"picluster: {exc}", file=sys.stderr)
+        return EX_CONFIG
+    if args.is_role:
+        return 0 if decision.role == args.is_role else 1
+    print(decision.explain(str(paths.config)))
+    return 0
+
+
+def cmd_agent(args: argparse.Namespace) -> int:
+    from picluster import agent
+
+    _logging()
+    return agent.run(_paths(args))
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from picluster import status
+
+    try:
+        return status.main(_paths(args), args.wait, args.json)
+    except config.ConfigError as exc:
+        print(f"picluster: {exc}", file=sys.stderr)
+        return EX_CONFIG
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from picluster import doctor
+
+    return doctor.main(_paths(args))
+
+
+def cmd_secret_new(args: argparse.Namespace) -> int:
+    path: Path = args.path
+    if path.exists() and not args.force:
+        print(
+            f"picluster: {path} exists; it is the root of your cluster's trust. "
+            "Use --force to replace it (every card then needs the new one).",
+            file=sys.stderr,
+        )
+        return 1
+    secret.write(path, secret.generate())
+    print(f"wrote a new cluster secret to {path} (mode 0600)")
+    return 0
+
+
+def first_user(name: str) -> pwd.struct_passwd:
+    if name:
+        return pwd.getpwnam(name)
+    users = sorted((p for p in pwd.getpwall() if 1000 <= p.pw_uid < 60000), key=lambda p: p.pw_uid)
+    if not users:
+        raise KeyError("no user with uid >= 1000")
+    return users[0]
+
+
+def cmd_client_file(args: argparse.Namespace) -> int:
+    """Write ipcontroller-client.json where ``ipp.Client()`` looks for it."""
+    paths = _paths(args)
+    try:
+        cfg = config.load(paths.config)
+        keys = secret.Keys.derive(secret.load(secret.credential_path(paths.secret)))
+        user = first_user(args.user if args.user is not None else cfg.jupyter.user)
+    except (config.ConfigError, secret.SecretError) as exc:
+        print(f"picluster: {exc}", file=sys.stderr)
+        return EX_CONFIG
+    except KeyError as exc:
+        print(
+            f"picluster: no such user ({exc}). Fix: [jupyter] user in {paths.config}",
+            file=sys.stderr,
+        )
+        return EX_CONFIG
+    info = client_info(
+        "127.0.0.1", cfg.cluster.base_port, keys, location="127.0.0.1", curve=cfg.cluster.curve
+    )
+    security = (
+        Path(args.ipython_dir or Path(user.pw_dir) / ".ipython") / "profile_default" / "security"
+    )
+    target = security / "ipcontroller-client.json"
+    for directory in (security.parent.parent, security.parent, security):
+        directory.mkdir(mode=0o700, exist_ok=True)
+        if os.geteuid() == 0:
+            os.chown(directory, user.pw_uid, user.pw_gid)
+    atomic_write_text(target, dumps(info), mode=0o600)
+    if os.geteuid() == 0:
+        os.chown(target, user.pw_uid, user.pw_gid)
+    print(f"wrote {target} for {user.pw_name}")
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("role", help="print this host's role and why")
+    p.add_argument(
+        "--is",
+        dest="is_role",
+        choices=[r.value for r in roles.Role],
+        help="exit 0 if this host has that role, 1 if not (for ExecCondition=)",
+    )
+    _path_options(p)
+    p.set_defaults(func=cmd_role)
+
+    p = subparsers.add_parser("agent", help="run the node service (what systemd starts)")
+    _path_options(p)
+    p.set_defaults(func=cmd_agent)
+
+    p = subparsers.add_parser("status", help="show the cluster as seen from this node")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument(
+        "--wait",
+        type=float,
+        default=3.0,
+        metavar="SECONDS",
+        help="how long to listen for mDNS answers (default 3)",
+    )
+    _path_options(p)
+    p.set_defaults(func=cmd_status)
+
+    p = subparsers.add_parser("doctor", help="check this node and say what to fix")
+    _path_options(p)
+    p.set_defaults(func=cmd_doctor)
+
+    p = subparsers.add_parser("secret", help="manage the cluster secret")
+    sub = p.add_subparsers(dest="secret_command", required=True, metavar="ACTION")
+    q = sub.add_parser("new", help="write a new random cluster secret (mode 0600)")
+    q.add_argument("path", type=Path)
+    q.add_argument("--force", action="store_true", help="replace an existing secret")
+    q.set_defaults(func=cmd_secret_new)
+
+    p = subparsers.add_parser(
+        "client-file",
+        help="write ipcontroller-client.json so ipp.Client() works with no arguments",
+    )
+    p.add_argument("--user", help="for this user (default: [jupyter] user, else the first user)")
+    p.add_argument("--ipython-dir", type=Path, help="instead of ~user/.ipython")
+    _path_options(p)
+    p.set_defaults(func=cmd_client_file)

@@ -1,0 +1,208 @@
+"""Nodes running the real ``picluster agent`` in namespace hosts, and a client.
+
+Each node gets its own hostname (a UTS namespace), config, secret and state
+dir, exactly what a card would have; the agent is the same entry point
+systemd starts on the image.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from picluster import secret as secret_mod
+from tests.harness.netns import Host, Lan, kill_namespace_processes, sweep_stale
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def wait_for(predicate, deadline: float, what: str, interval: float = 0.2, on_fail=None):
+    """Poll ``predicate`` until it returns something truthy; fail saying ``what`` did not happen."""
+    end = time.monotonic() + deadline
+    last = None
+    while time.monotonic() < end:
+        last = predicate()
+        if last:
+            return last
+        time.sleep(interval)
+    detail = on_fail() if on_fail else ""
+    raise AssertionError(f"within {deadline:.0f} s: {what} did not happen (last: {last!r}){detail}")
+
+
+@dataclass
+class Node:
+    host: Host
+    root: Path
+    proc: subprocess.Popen[bytes] | None = None
+    hostname: str = ""
+
+    @property
+    def config(self) -> Path:
+        return self.root / "cluster.toml"
+
+    @property
+    def secret(self) -> Path:
+        return self.root / "secret"
+
+    @property
+    def state_dir(self) -> Path:
+        return self.root / "state"
+
+    @property
+    def log(self) -> Path:
+        return self.root / "agent.log"
+
+    def start(self) -> None:
+        env = dict(os.environ)
+        env.pop("PICLUSTER_HOSTNAME", None)
+        argv = [
+            "ip", "netns", "exec", self.host.ns,
+            "unshare", "--uts", "--",
+            "sh", "-c", 'hostname "$0" && exec "$@"', self.hostname,
+            sys.executable, "-m", "picluster", "agent",
+            "--config", str(self.config), "--secret", str(self.secret),
+            "--state-dir", str(self.state_dir),
+        ]  # fmt: skip
+        with self.log.open("ab") as log:
+            self.proc = subprocess.Popen(
+                argv, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+            )
+
+    def status(self) -> dict:
+        try:
+            return json.loads((self.state_dir / "agent-status.json").read_text())
+        except (OSError, ValueError):
+            return {}
+
+    def stop(self, deadline: float = 20.0) -> int | None:
+        """SIGTERM the agent (what systemd does) and wait for it and its children."""
+        if self.proc is None:
+            return None
+        with contextlib.suppress(ProcessLookupError):
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            code = self.proc.wait(deadline)
+        except subprocess.TimeoutExpired:
+            code = None
+        kill_namespace_processes(self.host.ns)
+        self.proc.wait()
+        self.proc = None
+        return code
+
+    def kill(self) -> None:
+        """Pull the plug: SIGKILL everything on this host."""
+        kill_namespace_processes(self.host.ns)
+        if self.proc is not None:
+            self.proc.wait()
+            self.proc = None
+
+    def tail(self, lines: int = 40) -> str:
+        try:
+            text = self.log.read_text(errors="replace").splitlines()
+        except OSError:
+            return "(no log)"
+        return "\n".join(text[-lines:])
+
+
+@dataclass
+class Cluster:
+    """A LAN of namespace hosts running agents, plus a client host on the same LAN."""
+
+    workdir: Path
+    prefix: str = field(
+        default_factory=lambda: f"pct{os.getpid()}-{int(time.time() * 1000) % 100000}"
+    )
+    nodes: dict[str, Node] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        sweep_stale()
+        self.lan = Lan(self.prefix)
+        self.client_host = self.lan.add_host("client")
+
+    def add(
+        self,
+        hostname: str,
+        config: str = "",
+        secret: bytes | None = None,
+        start: bool = True,
+    ) -> Node:
+        host = self.lan.add_host(hostname)
+        node = Node(host, self.workdir / hostname, hostname=hostname)
+        node.root.mkdir(parents=True)
+        node.config.write_text(textwrap.dedent(config))
+        if secret is not None:
+            secret_mod.write(node.secret, secret)
+        self.nodes[hostname] = node
+        if start:
+            node.start()
+        return node
+
+    def client(
+        self,
+        code: str,
+        secret: bytes,
+        controller: str,
+        base_port: int = 47000,
+        timeout: float = 180.0,
+    ) -> dict:
+        """Run ``code`` with ``rc`` connected to the controller, in the client host.
+
+        ``code`` sets ``result``; it comes back JSON-decoded.
+        """
+        key_file = self.workdir / f"client-secret-{time.monotonic_ns()}"
+        secret_mod.write(key_file, secret)
+        script = (
+            textwrap.dedent(
+                f"""
+            import json, sys
+            import ipyparallel as ipp
+            from picluster import secret
+            from picluster.connection import client_info
+            keys = secret.Keys.derive(secret.load(__import__("pathlib").Path({str(key_file)!r})))
+            info = client_info({controller!r}, {base_port}, keys, location={controller!r})
+            rc = ipp.Client(info, timeout=60)
+            result = None
+            """
+            )
+            + textwrap.dedent(code)
+            + "\nprint('RESULT ' + json.dumps(result))\nrc.close()\n"
+        )
+        try:
+            proc = subprocess.run(
+                ["ip", "netns", "exec", self.client_host.ns, sys.executable, "-c", script],
+                capture_output=True,
+                text=True,
+                timeout=timeout,
+                check=False,
+                cwd=REPO,
+            )
+        finally:
+            key_file.unlink(missing_ok=True)
+        for line in reversed(proc.stdout.splitlines()):
+            if line.startswith("RESULT "):
+                return json.loads(line[len("RESULT ") :])
+        raise AssertionError(
+            f"client script failed ({proc.returncode}):\n{proc.stdout[-2000:]}\n"
+            f"{proc.stderr[-4000:]}{self.logs()}"
+        )
+
+    def logs(self, lines: int = 30) -> str:
+        return "".join(
+            f"\n--- {n.hostname} agent log ---\n{n.tail(lines)}" for n in self.nodes.values()
+        )
+
+    def close(self) -> None:
+        try:
+            for node in self.nodes.values():
+                with contextlib.suppress(Exception):
+                    node.stop(deadline=10)
+        finally:
+            self.lan.close()
