@@ -173,7 +173,7 @@ class Agent:
                 await asyncio.sleep(RETRY_DUPLICATE)
         backoff = 1.0
         while True:
-            controller = ControllerProcess(cfg, self.s.keys, self.s.paths)
+            controller = ControllerProcess(cfg, self.s.keys, self.s.paths, self.s.host)
             try:
                 self.set_state("starting-controller")
                 await controller.start()

@@ -9,6 +9,7 @@ tells the engine hosts to restart their engines.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import secrets
@@ -18,6 +19,7 @@ from pathlib import Path
 
 from picluster.config import Config
 from picluster.connection import ports_argument
+from picluster.engines import host_of
 from picluster.files import atomic_write_text
 from picluster.paths import Paths
 from picluster.process import Child
@@ -27,6 +29,7 @@ log = logging.getLogger(__name__)
 
 INSTANCE_FILE = "picluster-instance"
 CONNECTION_FILES = ("ipcontroller-engine.json", "ipcontroller-client.json")
+ENGINE_STATE = "engines.json"
 
 
 def instance_id(profile_dir: Path) -> str:
@@ -74,12 +77,37 @@ def controller_argv(config: Config, paths: Paths) -> list[str]:
     ]
 
 
-def prepare_profile(paths: Paths) -> None:
+def prune_own_engines(profile_dir: Path, host: str) -> list[str]:
+    """Forget this host's engines in the saved engine state.
+
+    ``restore_engines`` re-creates every saved engine, and ipyparallel 9 never
+    purges a restored engine whose heart does not beat again. Engines on the
+    controller's own host certainly died with it (same process tree), so they
+    must not come back as ghosts that swallow tasks.
+    """
+    state_file = profile_dir / "log" / ENGINE_STATE
+    try:
+        state = json.loads(state_file.read_text())
+    except (OSError, ValueError):
+        return []
+    engines = state.get("engines", {})
+    mine = [eid for eid, uuid in engines.items() if host_of(uuid) == host]
+    if mine:
+        for eid in mine:
+            del engines[eid]
+        atomic_write_text(state_file, json.dumps(state), mode=0o600)
+    return mine
+
+
+def prepare_profile(paths: Paths, host: str) -> None:
     security = paths.profile_dir / "security"
     security.mkdir(parents=True, exist_ok=True, mode=0o700)
     paths.ipython_dir.mkdir(parents=True, exist_ok=True)
     for name in CONNECTION_FILES:
         (security / name).unlink(missing_ok=True)
+    pruned = prune_own_engines(paths.profile_dir, host)
+    if pruned:
+        log.info("not restoring engine(s) %s: they ran on this host and died with it", pruned)
 
 
 async def wait_listening(host: str, port: int, deadline: float) -> bool:
@@ -96,7 +124,8 @@ async def wait_listening(host: str, port: int, deadline: float) -> bool:
 
 
 class ControllerProcess:
-    def __init__(self, config: Config, keys: Keys, paths: Paths) -> None:
+    def __init__(self, config: Config, keys: Keys, paths: Paths, host: str) -> None:
+        self.host = host
         self.config = config
         self.keys = keys
         self.paths = paths
@@ -104,7 +133,7 @@ class ControllerProcess:
 
     async def start(self, ready_timeout: float = 300.0) -> None:
         """Start ipcontroller and return once its registration port answers."""
-        prepare_profile(self.paths)
+        prepare_profile(self.paths, self.host)
         self.child = Child(
             "ipcontroller",
             controller_argv(self.config, self.paths),

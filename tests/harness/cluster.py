@@ -17,6 +17,7 @@ import textwrap
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from picluster import secret as secret_mod
 from tests.harness.netns import Host, Lan, kill_namespace_processes, sweep_stale
@@ -113,6 +114,30 @@ class Node:
 
 
 @dataclass
+class ClientRun:
+    proc: subprocess.Popen[str]
+    cluster: Cluster
+
+    def result(self, timeout: float = 180.0) -> Any:
+        try:
+            out, err = self.proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            out, err = self.proc.communicate()
+            raise AssertionError(
+                f"client script did not finish within {timeout:.0f} s:\n{out[-2000:]}\n"
+                f"{err[-4000:]}{self.cluster.logs()}"
+            ) from None
+        for line in reversed(out.splitlines()):
+            if line.startswith("RESULT "):
+                return json.loads(line[len("RESULT ") :])
+        raise AssertionError(
+            f"client script failed ({self.proc.returncode}):\n{out[-2000:]}\n"
+            f"{err[-4000:]}{self.cluster.logs()}"
+        )
+
+
+@dataclass
 class Cluster:
     """A LAN of namespace hosts running agents, plus a client host on the same LAN."""
 
@@ -145,28 +170,25 @@ class Cluster:
             node.start()
         return node
 
-    def client(
-        self,
-        code: str,
-        secret: bytes,
-        controller: str,
-        base_port: int = 47000,
-        timeout: float = 180.0,
-    ) -> dict:
-        """Run ``code`` with ``rc`` connected to the controller, in the client host.
+    def start_client(
+        self, code: str, secret: bytes, controller: str, base_port: int = 47000
+    ) -> ClientRun:
+        """Start ``code`` with ``rc`` connected to the controller, in the client host.
 
-        ``code`` sets ``result``; it comes back JSON-decoded.
+        ``code`` sets ``result``, which comes back JSON-decoded from ``ClientRun.result``.
         """
         key_file = self.workdir / f"client-secret-{time.monotonic_ns()}"
         secret_mod.write(key_file, secret)
         script = (
             textwrap.dedent(
                 f"""
-            import json, sys
+            import json, sys, time
+            from pathlib import Path
             import ipyparallel as ipp
             from picluster import secret
             from picluster.connection import client_info
-            keys = secret.Keys.derive(secret.load(__import__("pathlib").Path({str(key_file)!r})))
+            keys = secret.Keys.derive(secret.load(Path({str(key_file)!r})))
+            Path({str(key_file)!r}).unlink()
             info = client_info({controller!r}, {base_port}, keys, location={controller!r})
             rc = ipp.Client(info, timeout=60)
             result = None
@@ -175,24 +197,18 @@ class Cluster:
             + textwrap.dedent(code)
             + "\nprint('RESULT ' + json.dumps(result))\nrc.close()\n"
         )
-        try:
-            proc = subprocess.run(
-                ["ip", "netns", "exec", self.client_host.ns, sys.executable, "-c", script],
-                capture_output=True,
-                text=True,
-                timeout=timeout,
-                check=False,
-                cwd=REPO,
-            )
-        finally:
-            key_file.unlink(missing_ok=True)
-        for line in reversed(proc.stdout.splitlines()):
-            if line.startswith("RESULT "):
-                return json.loads(line[len("RESULT ") :])
-        raise AssertionError(
-            f"client script failed ({proc.returncode}):\n{proc.stdout[-2000:]}\n"
-            f"{proc.stderr[-4000:]}{self.logs()}"
-        )
+        proc = subprocess.Popen(
+            ["ip", "netns", "exec", self.client_host.ns, sys.executable, "-c", script],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
+        )  # fmt: skip
+        return ClientRun(proc, self)
+
+    def client(
+        self, code: str, secret: bytes, controller: str, base_port: int = 47000,
+        timeout: float = 180.0,
+    ) -> Any:  # fmt: skip
+        """Run ``code`` (see ``start_client``) and return its ``result``."""
+        return self.start_client(code, secret, controller, base_port).result(timeout)
 
     def logs(self, lines: int = 30) -> str:
         return "".join(

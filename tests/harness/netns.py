@@ -57,6 +57,16 @@ class Host:
     ) -> subprocess.CompletedProcess[str]:
         return sh("ip", "netns", "exec", self.ns, *argv, check=check, input=input)
 
+    def pids(self, cmdline_part: str) -> list[int]:
+        """Processes on this host whose command line contains ``cmdline_part``."""
+        out = []
+        for pid in pids_in(self.ns):
+            with contextlib.suppress(OSError):
+                raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+                if cmdline_part.encode() in raw:
+                    out.append(pid)
+        return sorted(out)
+
     def block_multicast(self) -> None:
         """Drop all multicast in and out of this host, as some Wi-Fi networks do."""
         rules = (
