@@ -47,9 +47,9 @@ def instance_id(profile_dir: Path) -> str:
 
 
 def controller_env(keys: Keys, config: Config, paths: Paths) -> dict[str, str]:
-    env = dict(os.environ)
+    # Nothing ipyparallel reads from the environment may leak in from our own.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("IPP_")}
     env["IPYTHONDIR"] = str(paths.ipython_dir)
-    env.pop("IPP_SESSION_KEY", None)
     if config.cluster.curve:
         pair = keys.curve()
         env["IPP_ENABLE_CURVE"] = "1"

@@ -11,6 +11,7 @@ from enum import StrEnum
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from picluster import config, roles, secret
@@ -151,6 +152,6 @@ def main(
         Level.FAIL: "[red]FAIL[/red]",
     }
     for check in checks:
-        table.add_row(check.name, style[check.level], check.message)
+        table.add_row(check.name, style[check.level], escape(check.message))
     console.print(table)
     return 1 if any(c.level is Level.FAIL for c in checks) else 0

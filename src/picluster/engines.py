@@ -50,7 +50,8 @@ def resolve_count(value: int | str) -> int:
 
 
 def engine_env(info: dict[str, Any], keys: Keys, config: Config, paths: Paths) -> dict[str, str]:
-    env = dict(os.environ)
+    # Nothing ipyparallel reads from the environment may leak in from our own.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("IPP_")}
     env["IPYTHONDIR"] = str(paths.ipython_dir)
     env["IPP_CONNECTION_INFO"] = json.dumps(info)
     env.update(client_environment(keys, config.cluster.curve))

@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from picluster import config, secret
@@ -105,7 +106,7 @@ def build_view(
             )
         if rec.state == "duplicate-controller":
             row.problems.append(f"two controllers with the cluster name {cluster!r}")
-        elif rec.state not in ("running", "waiting", "starting"):
+        elif rec.state not in ("running", "waiting", "starting", "fingerprint-mismatch"):
             row.problems.append(rec.state)
         rows.append(row)
     total = None
@@ -164,7 +165,7 @@ def render(view: View, console: Console | None = None) -> None:
             row.role,
             str(row.engines),
             str(registered),
-            "; ".join(row.problems) or "[green]ok[/green]",
+            escape("; ".join(row.problems)) or "[green]ok[/green]",
         )
     console.print(table)
     if view.registered_total is None:
@@ -174,7 +175,7 @@ def render(view: View, console: Console | None = None) -> None:
     else:
         console.print(f"{view.registered_total} engines registered with the controller")
     for problem in view.problems:
-        console.print(f"[red]problem:[/red] {problem}")
+        console.print(f"[red]problem:[/red] {escape(problem)}")
 
 
 def main(paths: Paths, seconds: float, as_json: bool) -> int:

@@ -216,9 +216,14 @@ class Cluster:
         )
 
     def close(self) -> None:
+        """Stop every agent as systemd would (all at once), then remove the LAN."""
         try:
             for node in self.nodes.values():
+                if node.proc is not None:
+                    with contextlib.suppress(ProcessLookupError):
+                        node.proc.send_signal(signal.SIGTERM)
+            for node in self.nodes.values():
                 with contextlib.suppress(Exception):
-                    node.stop(deadline=10)
+                    node.stop(deadline=15)
         finally:
             self.lan.close()

@@ -81,7 +81,7 @@ def test_dicts_match_ipcontroller(controller):
         assert ours == written
 
 
-def test_engine_joins_with_built_dict(controller, tmp_path):
+def test_engine_joins_with_built_dict(controller, monkeypatch):
     import ipyparallel as ipp
 
     cfg, keys, paths, _ = controller
@@ -91,10 +91,8 @@ def test_engine_joins_with_built_dict(controller, tmp_path):
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                               start_new_session=True)  # fmt: skip
     try:
-        client_env = {}
         if cfg.cluster.curve:
-            client_env["IPP_CURVE_SERVERKEY"] = keys.curve().server_public.decode()
-        os.environ.update(client_env)
+            monkeypatch.setenv("IPP_CURVE_SERVERKEY", keys.curve().server_public.decode())
         rc = ipp.Client(
             client_info("127.0.0.1", cfg.cluster.base_port, keys, curve=cfg.cluster.curve),
             timeout=30,

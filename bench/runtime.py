@@ -1,0 +1,218 @@
+"""Runtime benchmarks (issue 2): formation, discovery latency, throughput,
+controller restart. Needs root (network namespaces). Prints markdown.
+
+    sudo .venv/bin/python -m bench.runtime all
+    sudo .venv/bin/python -m bench.runtime formation --hosts 1 4 16 --engines 2 4
+
+Every ratio compares two measurements taken in the same run, one after the
+other, on the same machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from picluster import secret
+from tests.harness.cluster import Cluster
+
+POLL = """
+import time
+t0 = {t0}
+while len(rc.ids) < {n}:
+    if time.time() - t0 > {deadline}:
+        raise SystemExit(f"only {{len(rc.ids)}} of {n} engines after {deadline} s")
+    time.sleep(0.02)
+result = time.time() - t0
+"""
+
+
+def cluster_formation(hosts: int, per_node: int, deadline: float = 900) -> float:
+    """Agents on the controller and every engine host started together -> all registered."""
+    tmp = Path(tempfile.mkdtemp(prefix="bench-"))
+    c = Cluster(tmp)
+    s = secret.generate()
+    try:
+        ctl = c.add("controller", "[engines]\non_controller = 0\n", s, start=False)
+        nodes = [c.add(f"engine-{i}", f"[engines]\nper_node = {per_node}\n", s, start=False)
+                 for i in range(1, hosts + 1)]  # fmt: skip
+        t0 = time.time()
+        ctl.start()
+        for node in nodes:
+            node.start()
+        code = POLL.format(t0=t0, n=hosts * per_node, deadline=deadline)
+        return c.client(code, s, ctl.host.address, timeout=deadline + 120)
+    finally:
+        c.close()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def ipcluster_formation(n: int, deadline: float = 900) -> float:
+    """``ipcluster start -n N`` on one host (loopback) -> all registered."""
+    import ipyparallel as ipp
+
+    tmp = Path(tempfile.mkdtemp(prefix="bench-ipc-"))
+    env = dict(os.environ, IPYTHONDIR=str(tmp))
+    t0 = time.time()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ipyparallel.cluster", "start", "-n", str(n),
+         f"--profile-dir={tmp / 'profile'}", "--ip=127.0.0.1"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
+    try:
+        client_file = tmp / "profile" / "security" / "ipcontroller-client.json"
+        while not client_file.exists():
+            if time.time() - t0 > deadline:
+                raise SystemExit("ipcluster wrote no client file")
+            time.sleep(0.02)
+        rc = ipp.Client(str(client_file), timeout=60)
+        while len(rc.ids) < n:
+            if time.time() - t0 > deadline:
+                raise SystemExit(f"ipcluster: {len(rc.ids)} of {n} engines")
+            time.sleep(0.02)
+        elapsed = time.time() - t0
+        rc.close()
+        return elapsed
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def formation(args: argparse.Namespace) -> None:
+    print("| hosts x engines | total | picluster (s) | ipcluster start (s) | ratio |")
+    print("|---|---|---|---|---|")
+    for hosts in args.hosts:
+        for per_node in args.engines:
+            ours = cluster_formation(hosts, per_node)
+            theirs = ipcluster_formation(hosts * per_node)
+            print(f"| {hosts} x {per_node} | {hosts * per_node} | {ours:.1f} | {theirs:.1f} "
+                  f"| {ours / theirs:.2f} |", flush=True)  # fmt: skip
+
+
+def discovery(args: argparse.Namespace) -> None:
+    tmp = Path(tempfile.mkdtemp(prefix="bench-"))
+    c = Cluster(tmp)
+    s = secret.generate()
+    samples = []
+    try:
+        ctl = c.add("controller", "[engines]\non_controller = 0\n", s)
+        node = c.add("engine-1", "[engines]\nper_node = 1\n", s, start=False)
+        c.client("", s, ctl.host.address)  # controller up
+        for _ in range(args.runs):
+            t0 = time.time()
+            node.start()
+            code = POLL.format(t0=t0, n=1, deadline=120)
+            # The client's own start-up is not the agent's latency: subtract nothing,
+            # but the client starts in parallel with the agent, so it does not add.
+            samples.append(c.client(code, s, ctl.host.address))
+            node.stop()
+            c.client("rc.wait_for_engines(0)\nimport time\n"
+                     "while rc.ids: time.sleep(0.05)", s, ctl.host.address)  # fmt: skip
+    finally:
+        c.close()
+        shutil.rmtree(tmp, ignore_errors=True)
+    samples.sort()
+    p90 = samples[max(0, round(0.9 * len(samples)) - 1)]
+    print(f"discovery latency over {len(samples)} runs: median {statistics.median(samples):.2f} s, "
+          f"p90 {p90:.2f} s (samples: {', '.join(f'{x:.2f}' for x in samples)})")  # fmt: skip
+
+
+TASKS = """
+import time
+rc.wait_for_engines({n}, timeout=300)
+view = rc.load_balanced_view()
+t = time.perf_counter()
+out = view.map_sync(lambda x: x, range({tasks}))
+assert out == list(range({tasks}))
+result = time.perf_counter() - t
+"""
+
+
+def throughput(args: argparse.Namespace) -> None:
+    import ipyparallel as ipp
+
+    hosts, per_node, tasks = args.hosts_n, args.per_node, args.tasks
+    n = hosts * per_node
+    tmp = Path(tempfile.mkdtemp(prefix="bench-"))
+    c = Cluster(tmp)
+    s = secret.generate()
+    try:
+        ctl = c.add("controller", "[engines]\non_controller = 0\n", s)
+        for i in range(1, hosts + 1):
+            c.add(f"engine-{i}", f"[engines]\nper_node = {per_node}\n", s)
+        ours = c.client(TASKS.format(n=n, tasks=tasks), s, ctl.host.address, timeout=900)
+    finally:
+        c.close()
+    with ipp.Cluster(n=n, log_level=40) as rc:
+        rc.wait_for_engines(n, timeout=300)
+        view = rc.load_balanced_view()
+        t = time.perf_counter()
+        out = view.map_sync(lambda x: x, range(tasks))
+        assert out == list(range(tasks))
+        theirs = time.perf_counter() - t
+    print(f"{tasks} tiny tasks, {n} engines: picluster {tasks / ours:.0f} tasks/s "
+          f"({ours:.1f} s), local ipcluster {tasks / theirs:.0f} tasks/s ({theirs:.1f} s), "
+          f"ratio {theirs / ours:.2f}")  # fmt: skip
+
+
+def restart(args: argparse.Namespace) -> None:
+    tmp = Path(tempfile.mkdtemp(prefix="bench-"))
+    c = Cluster(tmp)
+    s = secret.generate()
+    hosts, per_node = args.hosts_n, args.per_node
+    n = hosts * per_node
+    try:
+        ctl = c.add("controller", "[engines]\non_controller = 0\n", s)
+        for i in range(1, hosts + 1):
+            c.add(f"engine-{i}", f"[engines]\nper_node = {per_node}\n", s)
+        c.client(f"rc.wait_for_engines({n}, timeout=300)", s, ctl.host.address)
+        results = []
+        for _ in range(args.runs):
+            ctl.kill()
+            t0 = time.time()
+            ctl.start()
+            results.append(c.client(POLL.format(t0=t0, n=n, deadline=300), s, ctl.host.address))
+    finally:
+        c.close()
+    print(f"controller restart -> all {n} engines back: "
+          + ", ".join(f"{r:.1f} s" for r in results))  # fmt: skip
+
+
+def main() -> None:
+    if os.geteuid() != 0:
+        sys.exit("bench.runtime needs root (network namespaces)")
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.runtime",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="what", required=True)
+    p = sub.add_parser("formation")
+    p.add_argument("--hosts", type=int, nargs="+", default=[1, 4, 16, 64])
+    p.add_argument("--engines", type=int, nargs="+", default=[2, 4])
+    p.set_defaults(func=formation)
+    p = sub.add_parser("discovery")
+    p.add_argument("--runs", type=int, default=10)
+    p.set_defaults(func=discovery)
+    for name, func in (("throughput", throughput), ("restart", restart)):
+        p = sub.add_parser(name)
+        p.add_argument("--hosts-n", type=int, default=4)
+        p.add_argument("--per-node", type=int, default=2)
+        p.add_argument("--tasks", type=int, default=10000)
+        p.add_argument("--runs", type=int, default=3)
+        p.set_defaults(func=func)
+    args = parser.parse_args()
+    args.func(args)
+
+
+if __name__ == "__main__":
+    main()
