@@ -158,25 +158,23 @@ class Agent:
             curve=cfg.cluster.curve,
         )
         self.status.controller = {"address": "self", "iid": iid}
-        while True:
-            try:
-                await self.announcer.announce_controller(record)
-                break
-            except DuplicateName:
-                self.set_state(
-                    "duplicate-controller",
-                    f"another controller already announces cluster {cfg.cluster.name!r} on "
-                    "this LAN; rename one of them (hostname) or give this one its own "
-                    "[cluster] name. Retrying in 30 s",
-                    logging.ERROR,
-                )
+        # Claim the mDNS name while ipcontroller starts: probing takes ~1.2 s and
+        # engines may connect before the controller listens (ZeroMQ retries).
+        self.set_state("starting-controller")
+        controller = ControllerProcess(cfg, self.s.keys, self.s.paths, self.s.host)
+        starting = asyncio.create_task(controller.start())
+        if not await self._claim(record):
+            starting.cancel()
+            with contextlib.suppress(asyncio.CancelledError, RuntimeError):
+                await starting
+            await controller.stop()
+            while not await self._claim(record):
                 await asyncio.sleep(RETRY_DUPLICATE)
+            starting = asyncio.create_task(controller.start())
         backoff = 1.0
         while True:
-            controller = ControllerProcess(cfg, self.s.keys, self.s.paths, self.s.host)
             try:
-                self.set_state("starting-controller")
-                await controller.start()
+                await starting
                 backoff = 1.0
                 self.set_state("running", f"controller instance {iid}")
                 if self.engines.count and not self.engines.running:
@@ -195,6 +193,24 @@ class Agent:
                 await controller.stop()
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, 30.0)
+            self.set_state("starting-controller")
+            controller = ControllerProcess(cfg, self.s.keys, self.s.paths, self.s.host)
+            starting = asyncio.create_task(controller.start())
+
+    async def _claim(self, record: ControllerRecord) -> bool:
+        assert self.announcer is not None
+        try:
+            await self.announcer.announce_controller(record)
+        except DuplicateName:
+            self.set_state(
+                "duplicate-controller",
+                f"another controller already announces cluster {record.cluster!r} on this "
+                "LAN; rename one of them (hostname) or give this one its own [cluster] name. "
+                f"Retrying every {RETRY_DUPLICATE:.0f} s",
+                logging.ERROR,
+            )
+            return False
+        return True
 
     async def run_engine_host(self) -> None:
         cfg = self.s.config

@@ -97,3 +97,20 @@ def test_malformed_config_starts_nothing(cluster, cluster_secret):
     assert "did you mean" in log, log
     assert pids_in(node.host.ns) == [], "processes were left running after a config error"
     assert not (node.state_dir / "ipython").exists(), "engine state was created"
+
+
+def test_second_controller_with_same_name_is_reported(cluster, cluster_secret):
+    first = cluster.add("controller", CONTROLLER, cluster_secret)
+    wait_for(lambda: first.status().get("state") == "running", 120,
+             "the first controller running", on_fail=cluster.logs)  # fmt: skip
+    second = cluster.add("head", CONTROLLER, cluster_secret)
+    wait_for(lambda: second.status().get("state") == "duplicate-controller", 120,
+             "the second controller (head) reporting duplicate-controller",
+             on_fail=cluster.logs)  # fmt: skip
+    assert not second.host.pids("ipyparallel.controller"), "head kept an ipcontroller running"
+    status = first.host.run(
+        sys.executable, "-m", "picluster", "status", "--json",
+        "--config", str(first.config), "--secret", str(first.secret), check=False,
+    )  # fmt: skip
+    row = next(h for h in json.loads(status.stdout)["hosts"] if h["host"] == "head")
+    assert any("two controllers" in p for p in row["problems"]), row
