@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.metadata
 import json
 import logging
 import signal
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
-
-import ipyparallel
 
 from picluster import __version__, config, roles, secret
 from picluster.connection import engine_info
@@ -97,6 +96,7 @@ class Agent:
 
     def _changed(self) -> None:
         self.status.registered = len(self.engines.registered)
+        self._write_status()
         self._dirty.set()
 
     def set_state(self, state: str, detail: str = "", level: int = logging.INFO) -> None:
@@ -117,20 +117,33 @@ class Agent:
             version=__version__,
         )
 
+    def _write_status(self) -> None:
+        self.status.updated = time.time()
+        with contextlib.suppress(OSError):
+            atomic_write_text(
+                self.s.paths.status_file, json.dumps(asdict(self.status), indent=2) + "\n"
+            )
+
     async def _publisher(self) -> None:
+        """Keep the mDNS node record current, at a gentler pace than the state file."""
         node_announced = False
+        last_announced: NodeRecord | None = None
         while True:
             await self._dirty.wait()
             self._dirty.clear()
-            self.status.updated = time.time()
-            with contextlib.suppress(OSError):
-                atomic_write_text(
-                    self.s.paths.status_file, json.dumps(asdict(self.status), indent=2) + "\n"
-                )
             if self.announcer is None:
                 continue
+            # Every announcement wakes every node on the LAN: let a burst of
+            # changes (engines registering one after the other) settle first.
+            await asyncio.sleep(0.3)
+            if self._dirty.is_set():
+                continue
+            record = self._record()
+            if record == last_announced:
+                continue
             try:
-                await self.announcer.announce_node(self._record(), self.s.config.cluster.base_port)
+                await self.announcer.announce_node(record, self.s.config.cluster.base_port)
+                last_announced = record
                 node_announced = True
             except DuplicateName:
                 if not node_announced:
@@ -140,8 +153,6 @@ class Agent:
                         self.s.host,
                     )
                     node_announced = True
-            # Announcements cost multicast traffic: coalesce bursts of changes.
-            await asyncio.sleep(0.5)
 
     # -- roles --------------------------------------------------------------------------
 
@@ -152,7 +163,7 @@ class Agent:
         record = ControllerRecord(
             cluster=cfg.cluster.name,
             base_port=cfg.cluster.base_port,
-            ipp=ipyparallel.__version__,
+            ipp=importlib.metadata.version("ipyparallel"),  # importing it costs ~0.3 s
             iid=iid,
             fp=self.s.keys.fingerprint,
             curve=cfg.cluster.curve,
@@ -305,10 +316,7 @@ class Agent:
                 await self.announcer.close()
             await aiozc.async_close()
             self.status.state = "stopped"
-            with contextlib.suppress(OSError):
-                atomic_write_text(
-                    self.s.paths.status_file, json.dumps(asdict(self.status), indent=2) + "\n"
-                )
+            self._write_status()
 
 
 async def _main(setup: Setup) -> None:

@@ -67,6 +67,10 @@ def engine_argv(uuid: str, config: Config) -> list[str]:
         "ipyparallel.engine",
         f"--Session.session={uuid}",
         f"--IPEngine.timeout={config.engines.timeout}",
+        # Never give up on a silent controller: a restarted one restores this
+        # engine (same uuid) when it comes back, and when the controller's state
+        # is really lost the agent sees a new instance id and restarts us.
+        "--IPEngine.max_heartbeat_misses=0",
         "--log-level=INFO",
     ]
     if config.engines.startup:

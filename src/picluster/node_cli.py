@@ -125,8 +125,8 @@ def cmd_client_file(args: argparse.Namespace) -> int:
         Path(args.ipython_dir or Path(user.pw_dir) / ".ipython") / "profile_default" / "security"
     )
     target = security / "ipcontroller-client.json"
+    security.mkdir(mode=0o700, parents=True, exist_ok=True)
     for directory in (security.parent.parent, security.parent, security):
-        directory.mkdir(mode=0o700, exist_ok=True)
         if os.geteuid() == 0:
             os.chown(directory, user.pw_uid, user.pw_gid)
     atomic_write_text(target, dumps(info), mode=0o600)

@@ -36,3 +36,27 @@ def test_cluster_forms_and_computes(cluster, cluster_secret):
     ), "each engine host should run exactly 2 engines and the controller 2"
     assert result["gathered"] == [10**i for i in range(64)]
     assert result["squares"] == [v * v for v in range(100)]
+
+
+def test_client_without_arguments_on_the_controller(cluster, cluster_secret, tmp_path):
+    """``picluster client-file`` (the unit's root ExecStartPre) lets the first user
+    call ``ipp.Client()`` with no arguments on the controller."""
+    import stat
+    import sys
+
+    ctl = cluster.add("controller", CONTROLLER, cluster_secret)
+    ipython_dir = tmp_path / "home" / ".ipython"
+    out = ctl.host.run(
+        sys.executable, "-m", "picluster", "client-file", "--user", "root",
+        "--ipython-dir", str(ipython_dir),
+        "--config", str(ctl.config), "--secret", str(ctl.secret),
+    )  # fmt: skip
+    client_file = ipython_dir / "profile_default" / "security" / "ipcontroller-client.json"
+    assert str(client_file) in out.stdout
+    assert stat.S_IMODE(client_file.stat().st_mode) == 0o600
+    code = (
+        "import ipyparallel as ipp; rc = ipp.Client(); rc.wait_for_engines(2, timeout=120); "
+        "print(rc[:].apply_sync(lambda: 'Hello World'))"
+    )
+    env_run = ctl.host.run("env", f"IPYTHONDIR={ipython_dir}", sys.executable, "-c", code)
+    assert env_run.stdout.strip() == "['Hello World', 'Hello World']"
