@@ -13,7 +13,11 @@ from collections.abc import Sequence
 
 from picluster import __version__
 
-SUBCOMMAND_MODULES: tuple[str, ...] = ("picluster.node_cli",)
+SUBCOMMAND_MODULES: tuple[str, ...] = (
+    "picluster.node_cli",
+    "picluster.jupyter_cli",
+    "picluster.cards.cli",
+)
 
 EX_CONFIG = 78
 """sysexits' EX_CONFIG: the unit does not restart on it (RestartPreventExitStatus)."""

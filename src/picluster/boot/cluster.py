@@ -1,0 +1,253 @@
+"""Boot the image as a virtual cluster: one controller VM and N engine VMs.
+
+Phase by phase, each with a deadline: seeds (``picluster cards``), one card
+image per VM (``picluster seed``), the LAN, QEMU, then what each VM reaches
+(kernel, multi-user, cloud-init done from its serial console; role and
+registered engines from ``picluster status`` run on the VM LAN with the
+build's secret). Everything is torn down in ``close()``, also on errors and
+Ctrl-C; serial logs stay in the work directory.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from picluster.boot import lan as lan_mod
+from picluster.boot import vm as vm_mod
+from picluster.cards import bootfs
+
+PY = [sys.executable, "-m", "picluster"]
+SSH_OPTIONS = (
+    "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
+    "-o", "ConnectTimeout=10", "-o", "LogLevel=ERROR",
+)  # fmt: skip
+
+
+class BootError(Exception):
+    pass
+
+
+def wait_for(
+    predicate: Callable[[], Any], deadline: float, what: str, interval: float = 2.0
+) -> Any:
+    """Poll ``predicate`` until it returns something truthy, or fail naming ``what``."""
+    end = time.monotonic() + deadline
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > end:
+            raise BootError(f"after {deadline:.0f} s: {what}")
+        time.sleep(interval)
+
+
+def image_raw(image: Path, work: Path) -> Path:
+    """A raw image to copy from: ``.img`` as is, ``.img.xz`` unpacked once into ``work``."""
+    if image.suffix != ".xz":
+        return image
+    raw = work / image.with_suffix("").name
+    stamp = raw.with_suffix(".stamp")
+    key = f"{image.resolve()} {image.stat().st_size} {image.stat().st_mtime_ns}"
+    if not (raw.exists() and stamp.exists() and stamp.read_text() == key):
+        partial = raw.with_suffix(".partial")
+        with partial.open("wb") as out:
+            bootfs.copy_image(image, out)
+        partial.replace(raw)
+        stamp.write_text(key)
+    return raw
+
+
+def kernel_and_initrd(raw: Path, dest: Path) -> tuple[Path, Path]:
+    """Copy the newest vmlinuz/initrd.img from the image's FAT partition (mtools)."""
+    part = bootfs.boot_partition(raw)
+    listing = subprocess.run(
+        ["mdir", "-b", "-i", f"{raw}@@{part.start}", "::"],
+        capture_output=True, text=True, check=True, env={**os.environ, "MTOOLS_SKIP_CHECK": "1"},
+    ).stdout.split()  # fmt: skip
+    names = [n.removeprefix("::/").removeprefix("::") for n in listing]
+    kernels = sorted(n for n in names if n.startswith("vmlinuz"))
+    initrds = sorted(n for n in names if n.startswith("initrd.img"))
+    if not kernels or not initrds:
+        raise BootError(f"{raw}: no vmlinuz/initrd.img on the FAT partition (found {names})")
+    dest.mkdir(parents=True, exist_ok=True)
+    out = []
+    for name in (kernels[-1], initrds[-1]):
+        target = dest / name
+        target.write_bytes(bootfs.read_file(raw, name, part))
+        out.append(target)
+    return out[0], out[1]
+
+
+@dataclass
+class BootCluster:
+    image: Path
+    secret: Path
+    work: Path
+    engines: int = 2
+    memory_mb: int = 1024
+    cpus: int = 2
+    cluster: str = "picluster"
+    base_port: int = 10100
+    user: str = "pi"
+    log: Callable[[str], None] = print
+    lan: lan_mod.Lan | None = None
+    vms: list[vm_mod.VM] = field(default_factory=list)
+    helpers: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    key: Path | None = None
+
+    @property
+    def hostnames(self) -> list[str]:
+        return ["controller"] + [f"engine-{i}" for i in range(1, self.engines + 1)]
+
+    # --- preparation -------------------------------------------------------
+    def prepare(self) -> None:
+        self.work.mkdir(parents=True, exist_ok=True)
+        self.key = self.work / "id_ed25519"
+        if not self.key.exists():
+            subprocess.run(
+                ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "picluster-boot",
+                 "-f", str(self.key)],
+                check=True,
+            )  # fmt: skip
+        manifest = self.work / "cluster.toml"
+        cards = [
+            f'[[card]]\nhostname = "{h}"\naddress = "{self._lan_address(i)}/24"\n'
+            for i, h in enumerate(self.hostnames)
+        ]
+        manifest.write_text(
+            f'cluster = "{self.cluster}"\nsecret = "{self.secret.resolve()}"\n'
+            f'ssh_keys = ["{self.key.with_suffix(".pub")}"]\nuser = "{self.user}"\n'
+            f"base_port = {self.base_port}\n\n" + "\n".join(cards)
+        )
+        cards_dir = self.work / "cards"
+        shutil.rmtree(cards_dir, ignore_errors=True)
+        self._run([*PY, "cards", str(manifest), "--out", str(cards_dir)], "picluster cards")
+        raw = image_raw(self.image, self.work)
+        kernel, initrd = kernel_and_initrd(raw, self.work / "kernel")
+        for i, host in enumerate(self.hostnames):
+            disk = self.work / f"{host}.img"
+            self.log(f"{host}: writing its card image (picluster seed)")
+            self._run(
+                [*PY, "seed", str(raw), "--card", str(cards_dir / host), "-o", str(disk)],
+                f"picluster seed for {host}",
+            )
+            self.vms.append(
+                vm_mod.VM(
+                    name=host, index=i, disk=disk, kernel=kernel, initrd=initrd,
+                    serial_log=self.work / "serial" / f"{host}.log", tap=f"tap{i}",
+                    mac=vm_mod.mac_for(i), memory_mb=self.memory_mb, cpus=self.cpus,
+                )
+            )  # fmt: skip
+
+    def _lan_address(self, index: int) -> str:
+        return str(lan_mod.SUBNET.network_address + 10 + index)
+
+    def _run(self, argv: list[str], what: str) -> str:
+        proc = subprocess.run(argv, capture_output=True, text=True, check=False)
+        if proc.returncode != 0:
+            raise BootError(f"{what} failed: {proc.stderr.strip() or proc.stdout.strip()}")
+        return proc.stdout
+
+    # --- running -----------------------------------------------------------
+    def start(self) -> None:
+        self.lan = lan_mod.Lan(f"picluster-boot-{os.getpid()}")
+        self.lan.create()
+        for vm in self.vms:
+            self.lan.add_tap(vm.index)
+            vm.start(["ip", "netns", "exec", self.lan.name])
+            self.log(f"{vm.name}: QEMU started ({vm.cpus} vCPU, {vm.memory_mb} MiB)")
+
+    def power_cycle(self) -> None:
+        for vm in self.vms:
+            vm.stop()
+        assert self.lan
+        for vm in self.vms:
+            vm.start(["ip", "netns", "exec", self.lan.name])
+
+    def in_lan(self, argv: list[str], timeout: float = 120.0) -> subprocess.CompletedProcess[str]:
+        assert self.lan
+        return subprocess.run(
+            self.lan.exec_argv(argv), capture_output=True, text=True, timeout=timeout, check=False
+        )
+
+    def ssh(
+        self, host_index: int, command: str, timeout: float = 120.0
+    ) -> subprocess.CompletedProcess[str]:
+        assert self.key
+        return self.in_lan(
+            [
+                "ssh", "-i", str(self.key), *SSH_OPTIONS,
+                f"{self.user}@{self._lan_address(host_index)}", command,
+            ],
+            timeout=timeout,
+        )  # fmt: skip
+
+    def status(self) -> dict[str, Any] | None:
+        """``picluster status --json`` as seen from the VM LAN, with the build's secret."""
+        proc = self.in_lan(
+            [*PY, "status", "--json", "--secret", str(self.secret),
+             "--config", str(self._status_config()), "--state-dir", str(self.work / "status")],
+            timeout=90,
+        )  # fmt: skip
+        try:
+            return json.loads(proc.stdout)
+        except json.JSONDecodeError:
+            return None
+
+    def _status_config(self) -> Path:
+        path = self.work / "status-cluster.toml"
+        if not path.exists():
+            path.write_text(f'[cluster]\nname = "{self.cluster}"\nbase_port = {self.base_port}\n')
+        return path
+
+    def registered(self) -> dict[str, int]:
+        view = self.status() or {}
+        return {h["host"]: h.get("registered") or 0 for h in view.get("hosts", [])}
+
+    def forward(self, vm_port: int, host_port: int) -> None:
+        assert self.lan
+        sock = self.work / f"forward-{host_port}.sock"
+        sock.unlink(missing_ok=True)
+        inner = subprocess.Popen(
+            self.lan.exec_argv(
+                [*PY[:1], "-m", "picluster.boot.forward", "inner", "--unix", str(sock),
+                 "--to", f"{self._lan_address(0)}:{vm_port}"]
+            ),
+            start_new_session=True,
+        )  # fmt: skip
+        self.helpers.append(inner)
+        wait_for(sock.exists, 30, f"the relay socket {sock} did not appear", interval=0.1)
+        outer = subprocess.Popen(
+            [*PY[:1], "-m", "picluster.boot.forward", "outer", "--unix", str(sock),
+             "--listen", f"127.0.0.1:{host_port}"],
+            start_new_session=True,
+        )  # fmt: skip
+        self.helpers.append(outer)
+
+    def close(self) -> None:
+        for vm in self.vms:
+            vm.stop()
+        for helper in self.helpers:
+            if helper.poll() is None:
+                helper.terminate()
+                try:
+                    helper.wait(timeout=5)
+                except subprocess.TimeoutExpired:
+                    helper.kill()
+        self.helpers.clear()
+        if self.lan:
+            self.lan.close()
+            self.lan = None
+
+    def remove_disks(self) -> None:
+        for vm in self.vms:
+            vm.disk.unlink(missing_ok=True)

@@ -1,0 +1,5 @@
+import sys
+
+from picluster.build.cli import main
+
+sys.exit(main())

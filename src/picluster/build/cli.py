@@ -1,0 +1,247 @@
+"""``./build.sh``: build the cluster image (default), ``lock`` the venv, ``boot`` it in QEMU."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib
+import os
+import sys
+import time
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+
+from picluster import __version__
+from picluster import secret as secret_mod
+from picluster.build import cache as cache_mod
+from picluster.build import (
+    debian_base,
+    deploy,
+    image,
+    native,
+    preflight,
+    raspios,
+    stage,
+    wheelhouse,
+)
+from picluster.build import (
+    settings as settings_mod,
+)
+from picluster.build.steps import BuildError, StepLog
+from picluster.files import atomic_write
+
+REPO = Path(__file__).resolve().parents[3]
+STAGE_DIR = REPO / "stage-cluster"
+REQUIREMENTS = STAGE_DIR / "00-venv" / "requirements.txt"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="build.sh",
+        description="Build the picluster SD-card image (pi-gen + stage-cluster), "
+        "lock its Python packages, or boot it as a QEMU cluster.",
+    )
+    parser.add_argument("--version", action="version", version=f"picluster {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    b = sub.add_parser("build", help="build the image (the default command)")
+    _build_args(b)
+    lock = sub.add_parser("lock", help="re-resolve stage-cluster/00-venv/requirements.txt")
+    lock.set_defaults(func=cmd_lock)
+    with contextlib.suppress(ImportError):
+        importlib.import_module("picluster.boot.cli").register(sub)
+    return parser
+
+
+def _build_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--base", choices=("auto", "raspios", "debian"), help="override PICLUSTER_BASE")
+    p.add_argument(
+        "-c", "--config", type=Path, help="extra pi-gen config fragment on top of ./config"
+    )
+    p.add_argument("--work-dir", type=Path, default=REPO / "work", help="scratch (default ./work)")
+    p.add_argument(
+        "--deploy-dir", type=Path, default=REPO / "deploy", help="outputs (default ./deploy)"
+    )
+    p.add_argument(
+        "--no-compress", action="store_true", help="skip .img.xz (tests use the raw image)"
+    )
+    p.set_defaults(func=cmd_build)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    if not argv or (argv[0].startswith("-") and argv[0] not in ("-h", "--help", "--version")):
+        argv = ["build", *argv]
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("build.sh: interrupted; mounts and partial files were cleaned up", file=sys.stderr)
+        return 130
+
+
+def cmd_lock(args: argparse.Namespace) -> int:
+    scratch = Path(os.environ.get("TMPDIR", "/tmp")) / "picluster-lock"
+    count = wheelhouse.lock(REQUIREMENTS.with_suffix(".in"), REQUIREMENTS, scratch)
+    print(f"{REQUIREMENTS}: {count} wheels pinned by hash")
+    return 0
+
+
+def _secret_file(settings: settings_mod.Settings, deploy_dir: Path, log: StepLog) -> Path:
+    """The build's secret: the configured file, else a fresh one in deploy/ (0600)."""
+    if settings.secret_file:
+        path = Path(settings.secret_file)
+        secret_mod.load(path)
+        log.note(
+            f"cluster secret: {path} (fingerprint {secret_mod.fingerprint(secret_mod.load(path))})"
+        )
+        return path
+    path = deploy_dir / f"{settings.img_name}.secret"
+    if path.exists():
+        secret = secret_mod.load(path)
+        log.note(f"cluster secret: reusing {path} (cards made for it keep working)")
+    else:
+        secret = secret_mod.generate()
+        atomic_write(path, (secret_mod.encode(secret) + "\n").encode(), 0o600)
+        log.note(f"cluster secret: new, written to {path} (mode 0600)")
+    log.note(f"secret fingerprint {secret_mod.fingerprint(secret)}")
+    return path
+
+
+def cmd_build(args: argparse.Namespace) -> int:
+    started = time.monotonic()
+    try:
+        settings = settings_mod.load(REPO / "config", args.config)
+    except settings_mod.SettingsError as exc:
+        print(f"build.sh: {exc}", file=sys.stderr)
+        return 2
+    if args.base:
+        settings = settings.model_copy(update={"base": args.base})
+    work, deploy_dir = args.work_dir.resolve(), args.deploy_dir.resolve()
+    problems = preflight.check(REPO, work)
+    if problems:
+        print("build.sh: cannot build yet:", file=sys.stderr)
+        for p in problems:
+            print(f"  - {p}", file=sys.stderr)
+        return 2
+    work.mkdir(parents=True, exist_ok=True)
+    deploy_dir.mkdir(parents=True, exist_ok=True)
+    log = StepLog(work / "build.log")
+    log.write(f"\n##### build started {datetime.now(UTC).isoformat()} #####")
+    cache = cache_mod.Cache(Path(settings.cache_dir))
+    try:
+        base = settings.base
+        if base == "auto":
+            ok, why = raspios.reachable(settings)
+            base = "raspios" if ok else "debian"
+            if not ok:
+                log.warn(f"base: DEBIAN (not Raspberry Pi OS): {why}")
+        log.note(f"base: {base}; log: {log.path}")
+        result = _build(settings, base, work, deploy_dir, cache, log, args)
+    except (BuildError, settings_mod.SettingsError, secret_mod.SecretError, OSError) as exc:
+        log.console.print(f"[bold red]build failed[/] in step: {log.current or '?'}: {exc}")
+        log.console.print(f"[dim]last lines of {log.path}:[/]\n{log.tail(25)}", markup=False)
+        return 1
+    finally:
+        log.close()
+    total = time.monotonic() - started
+    log.console.print(
+        f"[bold green]built[/] {settings.img_name} on the [bold]{base}[/] base "
+        f"in {total / 60:.1f} min"
+    )
+    for name in result:
+        log.console.print(f"  {name}")
+    return 0
+
+
+def _build(
+    settings: settings_mod.Settings,
+    base: str,
+    work: Path,
+    deploy_dir: Path,
+    cache: cache_mod.Cache,
+    log: StepLog,
+    args: argparse.Namespace,
+) -> list[Path]:
+    sizes: dict[str, int] = {}
+    with log.step("cluster secret"):
+        secret_file = _secret_file(settings, deploy_dir, log)
+    with log.step("wheelhouse (aarch64, hashed)"):
+        wheels = wheelhouse.ensure(REQUIREMENTS, REPO, cache.root, work, log.run)
+    with log.step("native Python twin"):
+        native_root = native.ensure(cache, log, settings.release, settings.debian_mirror)
+    stage_env = {
+        **settings_mod.shell_exports(settings),
+        "PICLUSTER_PYTHON": sys.executable,
+        "PICLUSTER_WHEELS": str(wheels),
+        "PICLUSTER_NATIVE": str(native_root),
+        "PICLUSTER_SECRET_FILE": str(secret_file.resolve()),
+        "BASE_DIR": str(REPO),
+        "IMG_NAME": settings.img_name,
+        "DEPLOY_DIR": str(deploy_dir),
+        "PYTHONPATH": str(REPO / "src"),
+    }
+    raw = work / f"{settings.img_name}.img"
+    pigen_commit = ""
+    if base == "raspios":
+        with log.step("pi-gen stage0-2 + stage-cluster"):
+            raw, pigen_commit = raspios.build(settings, STAGE_DIR, work, deploy_dir, stage_env, log)
+        rootfs = None
+    else:
+        with log.step("debian base (mmdebstrap, cached)"):
+            base_root = debian_base.ensure(settings, cache, native_root, log)
+        rootfs = work / "stage-cluster" / "rootfs"
+        with log.step("copy base"):
+            debian_base.copy_to(base_root, rootfs, log)
+        with log.step("stage-cluster (pi-gen contract)"):
+            ran = stage.StageRunner(log, stage_env).run(STAGE_DIR, work, rootfs)
+            log.write("ran: " + ", ".join(ran))
+        with log.step("finalise root file system"):
+            _finalise(rootfs)
+        with log.step("assemble image"):
+            sizes["rootfs_used"] = image.du_bytes(rootfs)
+            layout = image.assemble(rootfs, work, raw, settings.image_extra_mb, log)
+            sizes["raw"] = layout.total
+    outputs: list[Path] = []
+    with log.step("block map"):
+        outputs.append(deploy.block_map(raw, deploy_dir, log))
+    if settings.compression == "xz" and not args.no_compress:
+        with log.step(f"xz -{settings.compression_level}"):
+            xz = deploy.compress(raw, deploy_dir, settings.compression_level, log)
+            sizes["xz"] = xz.stat().st_size
+            outputs.insert(0, xz)
+    with log.step("checksums + manifest"):
+        sums = deploy.checksums(deploy_dir, settings.img_name, [*outputs, raw])
+        outputs.append(sums)
+        manifest = deploy.manifest(
+            deploy_dir,
+            settings.img_name,
+            {
+                "name": settings.img_name,
+                "base": base,
+                "release": settings.release,
+                "pi_gen_commit": pigen_commit or None,
+                "picluster_version": __version__,
+                "venv": deploy.venv_versions(rootfs) if rootfs else {},
+                "sizes_bytes": sizes,
+                "compression_level": settings.compression_level,
+                "raw_image": str(raw),
+                "step_seconds": log.timings,
+                "built": datetime.now(UTC).isoformat(timespec="seconds"),
+            },
+        )
+        outputs.append(manifest)
+    outputs.append(secret_file)
+    return outputs
+
+
+def _finalise(rootfs: Path) -> None:
+    """What pi-gen's export-image does before imaging: no caches, no build leftovers."""
+    for rel in ("var/cache/apt/pkgcache.bin", "var/cache/apt/srcpkgcache.bin"):
+        (rootfs / rel).unlink(missing_ok=True)
+    for lists in (rootfs / "var/lib/apt/lists").glob("*_*"):
+        lists.unlink()
+    for archive in (rootfs / "var/cache/apt/archives").glob("*.deb"):
+        archive.unlink()
+    (rootfs / "etc/machine-id").write_text("")

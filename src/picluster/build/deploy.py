@@ -1,0 +1,65 @@
+"""``deploy/``: the compressed image, its block map, checksums and a manifest."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+from picluster.build.steps import StepLog
+from picluster.files import atomic_write_text
+
+
+def venv_versions(rootfs: Path) -> dict[str, str]:
+    """name -> version of every distribution in the image's venv."""
+    versions = {}
+    for meta in sorted((rootfs / "opt/picluster/lib").glob("python3*/site-packages/*.dist-info")):
+        stem = meta.name.removesuffix(".dist-info")
+        name, _, version = stem.rpartition("-")
+        versions[name.replace("_", "-").lower()] = version
+    return versions
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        while block := fh.read(1 << 22):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def compress(image: Path, deploy: Path, level: int, log: StepLog) -> Path:
+    """Write ``<image>.xz`` into ``deploy`` atomically; the raw image stays in the work dir."""
+    out = deploy / f"{image.name}.xz"
+    partial = out.with_name(out.name + ".partial")
+    with partial.open("wb") as fh:
+        log.write(f"$ xz -T0 -{level} -c {image} > {partial}")
+        import subprocess
+
+        subprocess.run(["xz", "-T0", f"-{level}", "-c", str(image)], stdout=fh, check=True)
+    partial.replace(out)
+    return out
+
+
+def block_map(image: Path, deploy: Path, log: StepLog) -> Path:
+    out = deploy / image.with_suffix(".img.bmap").name
+    if shutil.which("bmaptool"):
+        log.run(["bmaptool", "create", "-o", str(out), str(image)])
+    else:
+        log.warn("bmaptool not found: no .bmap written (apt install bmap-tools)")
+    return out
+
+
+def checksums(deploy: Path, name: str, files: list[Path]) -> Path:
+    lines = [f"{sha256(f)}  {f.name}" for f in files if f.exists()]
+    out = deploy / f"{name}.sha256"
+    atomic_write_text(out, "\n".join(lines) + "\n")
+    return out
+
+
+def manifest(deploy: Path, name: str, data: dict[str, Any]) -> Path:
+    out = deploy / f"{name}.manifest.json"
+    atomic_write_text(out, json.dumps(data, indent=2, sort_keys=True) + "\n")
+    return out

@@ -1,0 +1,104 @@
+"""What the stage puts into the image besides the venv.
+
+Called by ``stage-cluster/01-service/00-run.sh`` on the build host:
+``python -m picluster.build.overlay --rootfs DIR --files DIR``. The values
+come from the variables pi-gen exports to every stage script (``config``).
+
+- the systemd units from ``files/systemd`` (enabled later, in the chroot);
+- ``/etc/picluster/cluster.toml`` rendered from ``PICLUSTER_*`` and validated
+  by the same code the agent uses;
+- ``/etc/picluster/secret`` (0600, root) from ``PICLUSTER_SECRET_FILE``;
+- a drop-in running JupyterLab as ``FIRST_USER_NAME``;
+- example seeds on the FAT partition (``/boot/firmware``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+from pathlib import Path
+
+from picluster import config as config_mod
+from picluster import secret as secret_mod
+from picluster.files import atomic_write, atomic_write_text
+
+UNIT_DIR = "usr/lib/systemd/system"
+
+
+class OverlayError(Exception):
+    pass
+
+
+def _env(name: str, default: str | None = None) -> str:
+    value = os.environ.get(name, default)
+    if value is None:
+        raise OverlayError(
+            f"{name} is not set: run the stage through ./build.sh (or pi-gen with ./config)"
+        )
+    return value
+
+
+def cluster_toml() -> str:
+    engines = _env("PICLUSTER_ENGINES_PER_NODE", "auto")
+    text = (
+        "# picluster cluster settings; `picluster doctor` checks this file.\n"
+        '# Every key is documented in the README ("cluster.toml reference").\n'
+        "[cluster]\n"
+        f'name = "{_env("PICLUSTER_CLUSTER_NAME", "picluster")}"\n'
+        f"base_port = {int(_env('PICLUSTER_BASE_PORT', '10100'))}\n"
+        "\n[engines]\n"
+        + (f'per_node = "{engines}"\n' if engines == "auto" else f"per_node = {int(engines)}\n")
+        + "\n[jupyter]\n"
+        f'user = "{_env("FIRST_USER_NAME", "pi")}"\n'
+    )
+    config_mod.parse(text, "cluster.toml (rendered from config)")
+    return text
+
+
+def apply(rootfs: Path, files: Path) -> None:
+    if not (rootfs / "usr").is_dir():
+        raise OverlayError(f"{rootfs}: not a root file system")
+    for unit in sorted((files / "systemd").glob("*.service")):
+        shutil.copyfile(unit, rootfs / UNIT_DIR / unit.name)
+        (rootfs / UNIT_DIR / unit.name).chmod(0o644)
+    etc = rootfs / "etc/picluster"
+    etc.mkdir(parents=True, exist_ok=True)
+    etc.chmod(0o755)
+    atomic_write_text(etc / "cluster.toml", cluster_toml(), 0o644)
+    secret_file = Path(_env("PICLUSTER_SECRET_FILE"))
+    secret = secret_mod.load(secret_file)
+    atomic_write(etc / "secret", (secret_mod.encode(secret) + "\n").encode(), 0o600)
+    os.chown(etc / "secret", 0, 0)
+    user = _env("FIRST_USER_NAME", "pi")
+    dropin = rootfs / "etc/systemd/system/picluster-jupyter.service.d/user.conf"
+    atomic_write_text(dropin, f"# FIRST_USER_NAME of the build\n[Service]\nUser={user}\n")
+    # What the units' Documentation= lines point at.
+    docs = rootfs / "opt/picluster/share/doc/picluster"
+    docs.mkdir(parents=True, exist_ok=True)
+    repo = files.parent
+    for doc in [repo / "README.md", *sorted((repo / "docs").glob("*.md"))]:
+        shutil.copyfile(doc, docs / doc.name)
+    firmware = rootfs / "boot/firmware"
+    firmware.mkdir(parents=True, exist_ok=True)
+    for name in ("user-data", "meta-data", "network-config"):
+        shutil.copyfile(files / "cloud-init" / name, firmware / name)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m picluster.build.overlay", description=__doc__)
+    parser.add_argument("--rootfs", type=Path, required=True)
+    parser.add_argument("--files", type=Path, required=True)
+    args = parser.parse_args(argv)
+    try:
+        apply(args.rootfs, args.files)
+    except (OverlayError, config_mod.ConfigError, secret_mod.SecretError) as exc:
+        print(f"overlay: {exc}", file=sys.stderr)
+        return 1
+    print("overlay: units, cluster.toml, secret (0600) and example seeds installed")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

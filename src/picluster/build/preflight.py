@@ -1,0 +1,106 @@
+"""Checks before a long build: each problem is one line saying how to fix it."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from picluster.build.native import host_arch
+
+GiB = 1 << 30
+
+# tool -> Debian package
+HOST_TOOLS = {
+    "mmdebstrap": "mmdebstrap",
+    "mkfs.vfat": "dosfstools",
+    "mcopy": "mtools",
+    "mkfs.ext4": "e2fsprogs",
+    "sfdisk": "fdisk",
+    "xz": "xz-utils",
+    "bmaptool": "bmap-tools",
+    "rsync": "rsync",
+    "chroot": "coreutils",
+    "mount": "mount",
+    "git": "git",
+    "quilt": "quilt",
+    "update-binfmts": "binfmt-support",
+    "qemu-aarch64-static": "qemu-user-static",
+}
+DEBIAN_KEYRING = Path("/usr/share/keyrings/debian-archive-keyring.gpg")
+
+
+@dataclass(frozen=True)
+class Problem:
+    what: str
+    fix: str
+
+    def __str__(self) -> str:
+        return f"{self.what}. Fix: {self.fix}"
+
+
+def missing_tools(tools: dict[str, str] = HOST_TOOLS) -> list[str]:
+    return sorted({pkg for tool, pkg in tools.items() if not shutil.which(tool)})
+
+
+def binfmt_aarch64_ok(root: Path = Path("/proc/sys/fs/binfmt_misc")) -> bool:
+    if host_arch() == "arm64":
+        return True
+    entry = root / "qemu-aarch64"
+    return entry.is_file() and entry.read_text().startswith("enabled")
+
+
+def check(repo: Path, work: Path, need_free: int = 12 * GiB) -> list[Problem]:
+    problems: list[Problem] = []
+    if os.geteuid() != 0:
+        problems.append(
+            Problem("not root (chroot, mounts and device nodes need it)", "sudo ./build.sh")
+        )
+    for path in (repo, work):
+        if " " in str(path.resolve()):
+            problems.append(
+                Problem(
+                    f"path with a space: {path.resolve()} (pi-gen and debootstrap break on it)",
+                    "move the checkout or pass --work-dir without spaces",
+                )
+            )
+    packages = missing_tools()
+    if packages:
+        problems.append(
+            Problem(
+                "missing host tools",
+                f"apt-get install {' '.join(packages)}",
+            )
+        )
+    if not DEBIAN_KEYRING.exists():
+        problems.append(
+            Problem("no Debian archive keyring", "apt-get install debian-archive-keyring")
+        )
+    if not binfmt_aarch64_ok():
+        problems.append(
+            Problem(
+                "binfmt_misc cannot run aarch64 programs (chroot work needs qemu-user)",
+                "apt-get install qemu-user-static binfmt-support && "
+                "update-binfmts --enable qemu-aarch64",
+            )
+        )
+    probe = work if work.exists() else work.parent
+    while not probe.exists():
+        probe = probe.parent
+    free = shutil.disk_usage(probe).free
+    if free < need_free:
+        problems.append(
+            Problem(
+                f"only {free / GiB:.1f} GiB free at {probe} ({need_free // GiB} GiB needed)",
+                "free space or pass --work-dir on a bigger disk",
+            )
+        )
+    return problems
+
+
+def loop_device_problem() -> Problem | None:
+    """Only the raspios path (pi-gen's export stage) needs loop devices."""
+    if not Path("/dev/loop-control").exists():
+        return Problem("no loop device support (/dev/loop-control)", "modprobe loop")
+    return None

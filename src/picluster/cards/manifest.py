@@ -1,0 +1,383 @@
+"""The cluster manifest: one TOML file that describes every card of a cluster.
+
+Everything a user would otherwise repeat per card (keys, Wi-Fi, secret, user)
+is written once; only what differs per card (hostname, static address, MAC)
+appears per card. Errors follow the house style of ``picluster.config``: the
+file, the key, and what to write instead.
+"""
+
+from __future__ import annotations
+
+import difflib
+import ipaddress
+import re
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from picluster import roles
+from picluster.config import DNS_LABEL, PORTS_USED, Config
+
+GENERATE = "generate"
+MAX_ENGINES = 256
+USERNAME = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
+MAC = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
+COUNTRY = re.compile(r"^[A-Z]{2}$")
+SSH_KEY_TYPES = (
+    "ssh-ed25519",
+    "ssh-rsa",
+    "ecdsa-sha2-nistp256",
+    "ecdsa-sha2-nistp384",
+    "ecdsa-sha2-nistp521",
+    "sk-ssh-ed25519@openssh.com",
+    "sk-ecdsa-sha2-nistp256@openssh.com",
+)
+
+
+class ManifestError(Exception):
+    """The manifest cannot be used; ``str()`` names the file, the key and the fix."""
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Wifi(_Model):
+    ssid: Annotated[str, Field(min_length=1, max_length=32)]
+    password: Annotated[str, Field(min_length=8, max_length=63)]
+    country: str
+
+    @field_validator("country")
+    @classmethod
+    def _country(cls, value: str) -> str:
+        # Without a regulatory domain the Pi's Wi-Fi stays soft-blocked.
+        if not COUNTRY.match(value):
+            raise ValueError('must be a two-letter ISO 3166 country code in capitals, e.g. "GB"')
+        return value
+
+
+class Card(_Model):
+    hostname: str
+    address: str = ""
+    """Static IPv4 address with prefix length, e.g. "192.168.1.10/24"; "" = DHCP."""
+    gateway: str = ""
+    dns: list[str] = Field(default_factory=list)
+    mac: str = ""
+    """Match the wired interface by MAC instead of by name (several NICs)."""
+
+    @field_validator("hostname")
+    @classmethod
+    def _hostname(cls, value: str) -> str:
+        try:
+            roles.check_hostname(value)
+        except roles.RoleError:
+            raise ValueError(
+                "must be 1-63 lower-case letters, digits and '-', not starting or ending "
+                "with '-' (RFC 1123), e.g. \"engine-3\""
+            ) from None
+        try:
+            roles.decide(value, Config())
+        except roles.RoleError:
+            raise ValueError(
+                "is a name a card has before anyone named it, so it would join no cluster; "
+                'use e.g. "controller" or "engine-1"'
+            ) from None
+        return value
+
+    @field_validator("address")
+    @classmethod
+    def _address(cls, value: str) -> str:
+        if value:
+            try:
+                iface = ipaddress.IPv4Interface(value)
+            except ValueError:
+                raise ValueError(
+                    'must be an IPv4 address with prefix, e.g. "192.168.1.10/24"'
+                ) from None
+            if "/" not in value:
+                raise ValueError('needs a prefix length, e.g. "192.168.1.10/24"')
+            return str(iface)
+        return value
+
+    @field_validator("gateway")
+    @classmethod
+    def _gateway(cls, value: str) -> str:
+        if value:
+            try:
+                ipaddress.IPv4Address(value)
+            except ValueError:
+                raise ValueError('must be an IPv4 address, e.g. "192.168.1.1"') from None
+        return value
+
+    @field_validator("dns")
+    @classmethod
+    def _dns(cls, value: list[str]) -> list[str]:
+        for item in value:
+            try:
+                ipaddress.ip_address(item)
+            except ValueError:
+                raise ValueError(
+                    f'{item!r} is not an IP address, e.g. dns = ["192.168.1.1"]'
+                ) from None
+        return value
+
+    @field_validator("mac")
+    @classmethod
+    def _mac(cls, value: str) -> str:
+        value = value.lower().replace("-", ":")
+        if value and not MAC.match(value):
+            raise ValueError('must be a MAC address such as "dc:a6:32:01:02:03"')
+        return value
+
+    @model_validator(mode="after")
+    def _static(self) -> Card:
+        if (self.gateway or self.dns) and not self.address:
+            raise ValueError(
+                "gateway and dns only apply to a static address: add address = "
+                '"192.168.1.10/24" or remove them'
+            )
+        if self.gateway and self.address:
+            net = ipaddress.IPv4Interface(self.address).network
+            if ipaddress.IPv4Address(self.gateway) not in net:
+                raise ValueError(f"gateway {self.gateway} is not inside {net}")
+        return self
+
+
+class Manifest(_Model):
+    cluster: str
+    secret: str = GENERATE
+    """Path of the build's secret file, relative to the manifest, or "generate"."""
+    ssh_keys: Annotated[list[str], Field(min_length=1)]
+    user: str = "pi"
+    wifi: Wifi | None = None
+    timezone: str = ""
+    locale: str = ""
+    keyboard: str = ""
+    base_port: Annotated[int, Field(ge=1024, le=65535 - PORTS_USED)] = 47000
+    discovery: Literal["mdns", "static"] = "mdns"
+    """"static": engines use the controller card's static address instead of mDNS."""
+    engines: Annotated[int, Field(ge=0, le=MAX_ENGINES)] | None = None
+    card: list[Card] = Field(default_factory=list)
+
+    @field_validator("cluster")
+    @classmethod
+    def _cluster(cls, value: str) -> str:
+        if not DNS_LABEL.match(value):
+            raise ValueError(
+                "must be a DNS label: 1-63 lower-case letters, digits and '-', "
+                "not starting or ending with '-'"
+            )
+        return value
+
+    @field_validator("user")
+    @classmethod
+    def _user(cls, value: str) -> str:
+        if not USERNAME.match(value) or value == "root":
+            raise ValueError(
+                "must be a Linux user name (lower-case letters, digits, '_' and '-', "
+                "starting with a letter; not root)"
+            )
+        return value
+
+    @field_validator("timezone")
+    @classmethod
+    def _timezone(cls, value: str) -> str:
+        if value and not re.match(r"^[A-Za-z0-9_+-]+(/[A-Za-z0-9_+-]+)*$", value):
+            raise ValueError('must be a tz database name, e.g. "Europe/London"')
+        return value
+
+    @model_validator(mode="after")
+    def _cards(self) -> Manifest:
+        if self.engines is not None and self.card:
+            raise ValueError(
+                "give either engines = N or [[card]] entries, not both. Fix: remove one"
+            )
+        if self.engines is None and not self.card:
+            raise ValueError(
+                "no cards: add engines = 4 (controller + engine-1..engine-4) or [[card]] "
+                'entries with hostname = "..."'
+            )
+        names = [c.hostname for c in self.card]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"hostname {', '.join(dupes)} appears twice in [[card]]")
+        controllers = [
+            c.hostname
+            for c in self.cards()
+            if roles.decide(c.hostname, Config()).role == roles.Role.CONTROLLER
+        ]
+        if len(controllers) != 1:
+            found = ", ".join(controllers) or "none"
+            raise ValueError(
+                f"a cluster needs exactly one controller card, found {found}. Fix: name one "
+                'card "controller" (or *-controller, controller-*, head, *-head) and the '
+                'others e.g. "engine-1"'
+            )
+        if self.discovery == "static" and not self.controller_address():
+            raise ValueError(
+                'discovery = "static" needs the controller\'s address. Fix: give the '
+                f'{controllers[0]} card address = "192.168.1.10/24" in [[card]], or use '
+                'discovery = "mdns"'
+            )
+        return self
+
+    def controller_address(self) -> str:
+        """The controller card's static IPv4 address, or ""."""
+        for card in self.cards():
+            decision = roles.decide(card.hostname, Config())
+            if decision.role == roles.Role.CONTROLLER and card.address:
+                return str(ipaddress.IPv4Interface(card.address).ip)
+        return ""
+
+    def cards(self) -> list[Card]:
+        if self.engines is not None:
+            return [Card(hostname="controller")] + [
+                Card(hostname=f"engine-{i}") for i in range(1, self.engines + 1)
+            ]
+        return list(self.card)
+
+
+@dataclass(frozen=True)
+class Loaded:
+    manifest: Manifest
+    path: Path
+    ssh_keys: list[str]
+    """Public key lines, files already read."""
+
+    def secret_path(self) -> Path | None:
+        if self.manifest.secret == GENERATE:
+            return None
+        return (self.path.parent / Path(self.manifest.secret).expanduser()).resolve()
+
+
+_FIXES: dict[tuple[str | int, ...], str] = {
+    ("cluster",): 'e.g. cluster = "lab"',
+    ("ssh_keys",): 'e.g. ssh_keys = ["~/.ssh/id_ed25519.pub"] (a file or the key line itself)',
+    ("base_port",): "a port from 1024 to 65505 whose next 29 are free, e.g. 47000",
+    ("engines",): f"a whole number from 0 to {MAX_ENGINES}",
+    ("wifi", "password"): "the WPA2 passphrase, 8 to 63 characters",
+}
+
+
+def _known_keys(loc: tuple[str | int, ...]) -> list[str]:
+    parts = [p for p in loc if not isinstance(p, int)]
+    if parts[:1] == ["wifi"]:
+        return list(Wifi.model_fields)
+    if parts[:1] == ["card"]:
+        return list(Card.model_fields)
+    return list(Manifest.model_fields)
+
+
+def _where(loc: tuple[str | int, ...]) -> str:
+    if not loc:
+        return "(top level)"
+    if loc[0] == "card" and len(loc) >= 2 and isinstance(loc[1], int):
+        rest = ".".join(str(p) for p in loc[2:])
+        return f"[[card]] #{loc[1] + 1}{' ' + rest if rest else ''}"
+    if loc[0] == "wifi" and len(loc) >= 2:
+        return f"[wifi] {'.'.join(str(p) for p in loc[1:])}"
+    return ".".join(str(p) for p in loc)
+
+
+def _describe(source: str, err: dict[str, Any]) -> str:
+    loc = tuple(err["loc"])
+    key = str(loc[-1]) if loc else ""
+    where = _where(loc)
+    if err["type"] == "extra_forbidden":
+        known = _known_keys(loc[:-1])
+        close = difflib.get_close_matches(key, known, n=1)
+        hint = f"did you mean '{close[0]}'?" if close else f"known keys: {', '.join(known)}"
+        return f"{source}: {where}: unknown key. Fix: remove it or correct it ({hint})"
+    if err["type"] == "missing":
+        fix = _FIXES.get(loc, "add it")
+        return f"{source}: {where}: required key is missing. Fix: {fix}"
+    message = err["msg"].removeprefix("Value error, ")
+    got = err.get("input")
+    # Never echo a Wi-Fi password or anything else that may be secret.
+    secretish = "password" in loc or isinstance(got, dict | list)
+    shown = "" if secretish else f" (found {got!r})"
+    fix = _FIXES.get(loc, "")
+    return f"{source}: {where}: {message}{shown}{'. Fix: ' + fix if fix else ''}"
+
+
+def parse(text: str, source: str = "cluster manifest") -> Manifest:
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ManifestError(
+            f"{source}: not valid TOML: {exc}. Fix: check quotes, [wifi] and [[card]] "
+            "headers on that line."
+        ) from None
+    try:
+        return Manifest.model_validate(data)
+    except ValidationError as exc:
+        lines = [_describe(source, e) for e in exc.errors()]  # type: ignore[arg-type]
+        raise ManifestError("\n".join(lines)) from None
+
+
+def read_ssh_keys(entries: list[str], base: Path, source: str) -> list[str]:
+    """Key lines from entries that are either a key line or a path to a .pub file."""
+    keys: list[str] = []
+    for i, entry in enumerate(entries):
+        entry = entry.strip()
+        if entry.split(" ", 1)[0] in SSH_KEY_TYPES:
+            keys.append(entry)
+            continue
+        path = (base / Path(entry).expanduser()).resolve()
+        if path.suffix != ".pub":
+            raise ManifestError(
+                f"{source}: ssh_keys[{i}]: {entry!r} is neither a public key line nor a "
+                ".pub file. Fix: give the public key (never the private key), e.g. "
+                '"~/.ssh/id_ed25519.pub"'
+            )
+        try:
+            lines = [
+                ln.strip()
+                for ln in path.read_text(encoding="utf-8").splitlines()
+                if ln.strip() and not ln.startswith("#")
+            ]
+        except OSError as exc:
+            raise ManifestError(
+                f"{source}: ssh_keys[{i}]: cannot read {path} ({exc.strerror}). Fix: create "
+                "it with ssh-keygen -t ed25519 or correct the path (relative to the manifest)"
+            ) from None
+        bad = [ln for ln in lines if ln.split(" ", 1)[0] not in SSH_KEY_TYPES]
+        if not lines or bad:
+            raise ManifestError(
+                f"{source}: ssh_keys[{i}]: {path} does not hold OpenSSH public keys. "
+                "Fix: point at the .pub file written by ssh-keygen"
+            )
+        keys.extend(lines)
+    return keys
+
+
+def load(path: Path) -> Loaded:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ManifestError(
+            f"{path}: cannot read ({exc.strerror}). Fix: copy examples/cluster-manifest.toml "
+            "and edit it"
+        ) from None
+    manifest = parse(text, str(path))
+    keys = read_ssh_keys(manifest.ssh_keys, path.parent, str(path))
+    return Loaded(manifest=manifest, path=path, ssh_keys=keys)
+
+
+def runtime_config(manifest: Manifest) -> Config:
+    """The ``cluster.toml`` every card of this cluster gets."""
+    static = manifest.discovery == "static"
+    data: dict[str, Any] = {
+        "cluster": {
+            "name": manifest.cluster,
+            "base_port": manifest.base_port,
+            # Only on request: a static address silently switched off mDNS otherwise.
+            "controller": manifest.controller_address() if static else "",
+        },
+        # Explicit, because the image may already have a uid-1000 user that is not ours.
+        "jupyter": {"user": manifest.user},
+    }
+    return Config.model_validate(data)

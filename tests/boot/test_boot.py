@@ -1,0 +1,228 @@
+"""The boot tier: the image tier's image boots as 1 controller + 2 engine VMs and forms a cluster.
+
+Reuses the image built by tests/image (never rebuilds when its manifest is
+present). Each VM gets its card through ``picluster cards`` + ``picluster
+seed``; the VMs run under qemu-system-aarch64 (TCG) on a bridge in a network
+namespace this test creates. Serial logs land in artifacts/boot/ on failure.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from picluster import secret as secret_mod
+from picluster.boot.cluster import PY, SSH_OPTIONS, BootCluster, BootError, wait_for
+from picluster.connection import client_info
+from picluster.secret import Keys
+from tests.image.conftest import DEPLOY, REPO, build_image
+
+pytestmark = [pytest.mark.root, pytest.mark.boot]
+
+IDENTITY = "cloud-init status --long; hostname; /opt/picluster/bin/picluster role"
+
+BOOT_DEADLINE = float(os.environ.get("PICLUSTER_BOOT_DEADLINE", "1500"))
+ARTIFACTS = REPO / "artifacts" / "boot"
+
+
+@pytest.fixture(scope="module")
+def booted(tmp_path_factory):
+    if os.geteuid() != 0:
+        pytest.skip("needs root")
+    if not shutil.which("qemu-system-aarch64"):
+        pytest.skip("qemu-system-aarch64 not installed (apt install qemu-system-arm)")
+    manifest = DEPLOY / "picluster.manifest.json"
+    if not manifest.exists():
+        os.environ["PICLUSTER_TEST_REUSE_IMAGE"] = "1"
+        build_image()
+    built = json.loads(manifest.read_text())
+    work = tmp_path_factory.mktemp("boot")
+    cluster = BootCluster(
+        image=Path(built["raw_image"]),
+        secret=DEPLOY / "picluster.secret",
+        work=work,
+        engines=2,
+        memory_mb=1024,
+        cpus=1,
+    )
+    failed = True
+    try:
+        cluster.prepare()
+        cluster.start()
+        yield cluster
+        failed = False
+    finally:
+        cluster.close()
+        if failed or os.environ.get("PICLUSTER_KEEP_SERIAL"):
+            keep_serial(cluster, "setup")
+        cluster.remove_disks()
+
+
+def keep_serial(cluster: BootCluster, label: str) -> None:
+    dest = ARTIFACTS / label
+    dest.mkdir(parents=True, exist_ok=True)
+    for vm in cluster.vms:
+        if vm.serial_log.exists():
+            shutil.copy(vm.serial_log, dest / vm.serial_log.name)
+
+
+@pytest.fixture(autouse=True)
+def serial_on_failure(request, booted):
+    yield
+    rep = getattr(request.node, "rep_call", None)
+    if rep is not None and rep.failed:
+        keep_serial(booted, request.node.name)
+
+
+def phase_reached(cluster: BootCluster, phase: str) -> bool:
+    for vm in cluster.vms:
+        vm.update_phases()
+        if not vm.alive():
+            raise BootError(f"{vm.name}: QEMU exited; serial log {vm.serial_log}")
+    return all(phase in vm.seen for vm in cluster.vms)
+
+
+def missing_phase(cluster: BootCluster, phase: str) -> str:
+    return ", ".join(vm.name for vm in cluster.vms if phase not in vm.seen)
+
+
+def test_first_boot_forms_the_cluster(booted):
+    cluster = booted
+    try:
+        wait_for(lambda: phase_reached(cluster, "kernel"), 300, "kernel never started")
+        wait_for(
+            lambda: phase_reached(cluster, "cloud-init done"),
+            BOOT_DEADLINE,
+            "cloud-init not finished",
+        )
+    except BootError as exc:
+        raise AssertionError(f"{exc} on: {missing_phase(cluster, 'cloud-init done')}") from None
+    for vm in cluster.vms:
+        proc = wait_for(
+            lambda vm=vm: (p := cluster.ssh(vm.index, IDENTITY)).returncode in (0, 2) and p,
+            300, f"{vm.name}: ssh with the seed's key never worked",
+        )  # fmt: skip
+        out = proc.stdout
+        assert "status: done" in out, f"{vm.name}: cloud-init not done cleanly:\n{out}"
+        assert "errors: []" in out or "error" not in out.split("status: done")[1].lower(), out
+        lines = out.strip().splitlines()
+        assert vm.name in lines, f"{vm.name}: hostname is not the seed's:\n{out}"
+        role = "controller" if vm.name == "controller" else "engine"
+        assert role in lines[-1] or role in out.split(vm.name)[-1], f"{vm.name}: role:\n{out}"
+    want = {vm.name: vm.cpus for vm in cluster.vms}
+
+    def all_registered() -> bool:
+        got = cluster.registered()
+        return all(got.get(h, 0) >= n for h, n in want.items())
+
+    try:
+        wait_for(all_registered, 600, "not every VM's engines registered", interval=5)
+    except BootError as exc:
+        raise AssertionError(f"{exc}: {cluster.registered()} (want {want})") from None
+    for vm in cluster.vms:
+        vm.seen["engines registered"] = time.monotonic() - vm.started
+    record_phases(cluster, "first boot")
+
+
+def record_phases(cluster: BootCluster, label: str) -> None:
+    report = {vm.name: {k: round(v, 1) for k, v in vm.seen.items()} for vm in cluster.vms}
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    with (ARTIFACTS / "phases.jsonl").open("a") as fh:
+        fh.write(json.dumps({"boot": label, "vms": report}) + "\n")
+    print(label, json.dumps(report))
+
+
+CLIENT = r"""
+import json, sys, ipyparallel as ipp
+rc = ipp.Client(sys.argv[1], timeout=120)
+rc.wait_for_engines(int(sys.argv[2]), timeout=300)
+hello = rc[:].apply_sync(lambda: "Hello World")
+lview = rc.load_balanced_view()
+squares = lview.map_sync(lambda x: x * x, range(32), chunksize=4)
+print("RESULT " + json.dumps({"hello": hello, "squares": squares}))
+"""
+
+
+def test_client_runs_jobs_on_every_engine(booted, tmp_path):
+    cluster = booted
+    total = sum(vm.cpus for vm in cluster.vms)
+    conn = tmp_path / "ipcontroller-client.json"
+    keys = Keys.derive(secret_mod.load(cluster.secret))
+    conn.write_text(json.dumps(client_info("10.213.0.10", cluster.base_port, keys)))
+    script = tmp_path / "client.py"
+    script.write_text(CLIENT)
+    run = cluster.in_lan([sys.executable, str(script), str(conn), str(total)], timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    result = json.loads(run.stdout.split("RESULT ", 1)[1])
+    assert result["hello"] == ["Hello World"] * total
+    assert result["squares"] == [x * x for x in range(32)]
+
+
+def test_ssh_refuses_passwords(booted):
+    proc = booted.in_lan(
+        ["ssh", *SSH_OPTIONS, "-o", "PubkeyAuthentication=no",
+         "-o", "PreferredAuthentications=password,keyboard-interactive", "pi@10.213.0.11", "true"],
+        timeout=60,
+    )  # fmt: skip
+    assert proc.returncode == 255
+    assert "Permission denied (publickey)" in proc.stderr, proc.stderr
+
+
+def test_jupyterlab_requires_the_token(booted, tmp_path):
+    cluster = booted
+    cluster.forward(8888, 18888)
+
+    def get(path: str) -> int:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:18888{path}", timeout=20) as r:
+                return r.status
+        except urllib.error.HTTPError as exc:
+            return exc.code
+        except OSError:
+            return 0
+
+    wait_for(
+        lambda: get("/api/status") in (200, 403), 300, "JupyterLab on the controller never answered"
+    )
+    assert get("/api/contents") == 403
+    token = subprocess.run(
+        [*PY, "url", "--secret", str(cluster.secret), "--host", "127.0.0.1:18888"],
+        capture_output=True, text=True, check=True,
+    ).stdout.strip().split("token=")[1]  # fmt: skip
+    assert get(f"/api/contents?token={token}") == 200
+
+
+def test_second_boot_forms_again_without_first_boot_work(booted):
+    cluster = booted
+    before = cluster.ssh(
+        0, "cat /var/lib/cloud/data/instance-id; ls /var/lib/cloud/instances | wc -l"
+    ).stdout
+    cluster.power_cycle()
+    wait_for(
+        lambda: phase_reached(cluster, "multi-user"),
+        BOOT_DEADLINE,
+        "second boot never reached multi-user",
+    )
+    want = {vm.name: vm.cpus for vm in cluster.vms}
+    wait_for(
+        lambda: all(cluster.registered().get(h, 0) >= n for h, n in want.items()),
+        900, "engines did not register again after the power cycle", interval=5,
+    )  # fmt: skip
+    after = cluster.ssh(
+        0, "cat /var/lib/cloud/data/instance-id; ls /var/lib/cloud/instances | wc -l"
+    ).stdout
+    assert before == after, f"instance changed: {before!r} -> {after!r}"
+    log = cluster.ssh(0, "grep -c 'Running module ssh ' /var/log/cloud-init.log").stdout.strip()
+    assert log == "1", f"cloud-init ran its once-per-instance ssh module again ({log} times)"
+    for vm in cluster.vms:
+        vm.seen["engines registered"] = time.monotonic() - vm.started
+    record_phases(cluster, "second boot")

@@ -1,0 +1,102 @@
+"""The image tier: one debian-base build per session, shared with the boot tier.
+
+The build is the user's command (``./build.sh --base debian``) writing into
+``work/`` and ``deploy/`` of the checkout; the base rootfs comes from the
+cache in /var/cache/picluster when its inputs match (a fresh machine builds it
+from nothing). Set PICLUSTER_TEST_REUSE_IMAGE=1 to inspect an existing build
+without rebuilding.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+WORK = REPO / "work"
+DEPLOY = REPO / "deploy"
+NAME = "picluster"
+
+
+@dataclass(frozen=True)
+class BuiltImage:
+    raw: Path
+    xz: Path
+    bmap: Path
+    sha256: Path
+    secret: Path
+    manifest: dict
+    log: Path
+
+
+def build_image() -> BuiltImage:
+    manifest_path = DEPLOY / f"{NAME}.manifest.json"
+    if os.environ.get("PICLUSTER_TEST_REUSE_IMAGE") != "1" or not manifest_path.exists():
+        proc = subprocess.run(
+            [str(REPO / "build.sh"), "build", "--base", "debian"],
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            check=False,
+        )
+        print(proc.stdout)
+        if proc.returncode != 0:
+            pytest.fail(
+                f"./build.sh --base debian failed ({proc.returncode}):\n{proc.stdout[-4000:]}"
+            )
+    manifest = json.loads(manifest_path.read_text())
+    return BuiltImage(
+        raw=Path(manifest["raw_image"]),
+        xz=DEPLOY / f"{NAME}.img.xz",
+        bmap=DEPLOY / f"{NAME}.img.bmap",
+        sha256=DEPLOY / f"{NAME}.sha256",
+        secret=DEPLOY / f"{NAME}.secret",
+        manifest=manifest,
+        log=WORK / "build.log",
+    )
+
+
+@pytest.fixture(scope="session")
+def built_image() -> BuiltImage:
+    if os.geteuid() != 0:
+        pytest.skip("the image tier needs root (chroot, mounts)")
+    return build_image()
+
+
+@contextlib.contextmanager
+def mounted_partitions(raw: Path, mountpoint: Path):
+    """Both partitions mounted read-only through loop devices, detached afterwards."""
+    table = json.loads(
+        subprocess.run(
+            ["sfdisk", "--json", str(raw)], capture_output=True, text=True, check=True
+        ).stdout
+    )["partitiontable"]["partitions"]
+    loops: list[str] = []
+    mounted: list[Path] = []
+    try:
+        for part in table:
+            loop = subprocess.run(
+                ["losetup", "--find", "--show", "--read-only", "--offset", str(part["start"] * 512),
+                 "--sizelimit", str(part["size"] * 512), str(raw)],
+                capture_output=True, text=True, check=True,
+            ).stdout.strip()  # fmt: skip
+            loops.append(loop)
+        root, boot = mountpoint, mountpoint / "boot/firmware"
+        mountpoint.mkdir(parents=True, exist_ok=True)
+        subprocess.run(["mount", "-o", "ro", loops[1], str(root)], check=True)
+        mounted.append(root)
+        subprocess.run(["mount", "-o", "ro", loops[0], str(boot)], check=True)
+        mounted.append(boot)
+        yield table, loops
+    finally:
+        for point in reversed(mounted):
+            subprocess.run(["umount", "--lazy", str(point)], check=False)
+        for loop in loops:
+            subprocess.run(["losetup", "-d", loop], check=False)

@@ -1,0 +1,145 @@
+"""Inspect the debian-base image without booting it (the image tier)."""
+
+from __future__ import annotations
+
+import json
+import lzma
+import stat
+import subprocess
+
+import pytest
+
+from tests.image.conftest import mounted_partitions
+
+pytestmark = [pytest.mark.root, pytest.mark.image]
+
+
+@pytest.fixture(scope="module")
+def image_root(built_image, tmp_path_factory):
+    mnt = tmp_path_factory.mktemp("image") / "root"
+    with mounted_partitions(built_image.raw, mnt) as (table, loops):
+        yield mnt, table, loops
+
+
+def test_partition_table_and_labels(image_root):
+    _, table, loops = image_root
+    assert [p["type"] for p in table] == ["c", "83"]
+    assert table[0]["start"] * 512 == 4 << 20, "bootfs starts at 4 MiB like Raspberry Pi OS"
+    labels = [
+        subprocess.run(
+            ["blkid", "-o", "value", "-s", "LABEL", loop], capture_output=True, text=True
+        ).stdout.strip()
+        for loop in loops
+    ]
+    types = [
+        subprocess.run(
+            ["blkid", "-o", "value", "-s", "TYPE", loop], capture_output=True, text=True
+        ).stdout.strip()
+        for loop in loops
+    ]
+    assert labels == ["bootfs", "rootfs"]
+    assert types == ["vfat", "ext4"]
+
+
+def test_fstab_mounts_both_by_label(image_root):
+    root, _, _ = image_root
+    fstab = (root / "etc/fstab").read_text()
+    assert "LABEL=rootfs" in fstab and "LABEL=bootfs" in fstab and "/boot/firmware" in fstab
+
+
+def test_boot_partition_has_firmware_kernel_and_seed_examples(image_root):
+    boot = image_root[0] / "boot/firmware"
+    names = {p.name for p in boot.iterdir()}
+    for expected in ("user-data", "meta-data", "network-config", "config.txt", "cmdline.txt"):
+        assert expected in names, f"{expected} missing on bootfs (has {sorted(names)})"
+    assert any(n.startswith("vmlinuz") for n in names), "no kernel on bootfs"
+    assert "root=LABEL=rootfs" in (boot / "cmdline.txt").read_text()
+    assert "instance-id:" in (boot / "meta-data").read_text()
+    assert (boot / "user-data").read_text().startswith("#cloud-config")
+
+
+def test_cloud_init_reads_the_seed_from_bootfs(image_root):
+    root = image_root[0]
+    cfg = (root / "etc/cloud/cloud.cfg.d/90-picluster-nocloud.cfg").read_text()
+    assert "file:///boot/firmware/" in cfg
+
+
+def test_units_enabled(image_root):
+    wants = image_root[0] / "etc/systemd/system/multi-user.target.wants"
+    enabled = {p.name for p in wants.iterdir()}
+    for unit in (
+        "picluster-agent.service",
+        "picluster-jupyter.service",
+        "avahi-daemon.service",
+        "ssh.service",
+    ):
+        assert unit in enabled, f"{unit} not enabled (multi-user wants: {sorted(enabled)})"
+
+
+def test_secret_is_root_only_and_matches_deploy(image_root, built_image):
+    secret = image_root[0] / "etc/picluster/secret"
+    st = secret.stat()
+    assert stat.S_IMODE(st.st_mode) == 0o600
+    assert (st.st_uid, st.st_gid) == (0, 0)
+    assert secret.read_text().strip() == built_image.secret.read_text().strip()
+    assert stat.S_IMODE(built_image.secret.stat().st_mode) == 0o600
+
+
+def test_nobody_has_a_password(image_root):
+    for line in (image_root[0] / "etc/shadow").read_text().splitlines():
+        user, pw = line.split(":")[:2]
+        assert not pw.lstrip("!").startswith("$"), f"{user} has a password hash"
+    sshd = (image_root[0] / "etc/ssh/sshd_config.d/50-picluster.conf").read_text()
+    assert "PasswordAuthentication no" in sshd
+
+
+def test_service_user_and_first_user(image_root):
+    passwd = (image_root[0] / "etc/passwd").read_text()
+    assert "\npicluster:" in "\n" + passwd
+    assert "\npi:" in "\n" + passwd
+    assert not list((image_root[0] / "etc/ssh").glob("ssh_host_*")), (
+        "host keys baked into the image"
+    )
+    assert (image_root[0] / "etc/machine-id").read_text() == ""
+
+
+def test_venv_imports_under_qemu_user(image_root):
+    root = image_root[0]
+    code = (
+        "import ipyparallel, zeroconf, jupyterlab, numpy, picluster; print(picluster.__version__)"
+    )
+    proc = subprocess.run(
+        ["chroot", str(root), "/opt/picluster/bin/python", "-c", code],
+        capture_output=True, text=True, timeout=600,
+        env={"PATH": "/usr/bin:/bin", "LC_ALL": "C.UTF-8"},
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "0.1.0"
+    proc = subprocess.run(
+        ["chroot", str(root), "/opt/picluster/bin/picluster", "role", "--help"],
+        capture_output=True, text=True, timeout=300, env={"PATH": "/usr/bin:/bin"},
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_venv_is_byte_compiled(image_root):
+    venv = image_root[0] / "opt/picluster/lib"
+    missing = [
+        p for p in venv.glob("python3.13/site-packages/ipyparallel/*.py")
+        if not list(p.parent.glob(f"__pycache__/{p.stem}.cpython-313.pyc"))
+    ]  # fmt: skip
+    assert not missing, f"not compiled: {missing[:5]}"
+
+
+def test_deploy_outputs(built_image):
+    assert built_image.xz.exists() and built_image.bmap.exists() and built_image.sha256.exists()
+    with lzma.open(built_image.xz) as fh:
+        head = fh.read(512)
+    assert head[510:512] == b"\x55\xaa", "xz does not hold an MBR disk image"
+    sums = built_image.sha256.read_text()
+    assert built_image.xz.name in sums
+    manifest = built_image.manifest
+    assert manifest["base"] == "debian"
+    assert manifest["venv"]["ipyparallel"].startswith("9.")
+    assert "stage-cluster (pi-gen contract)" in manifest["step_seconds"]
+    print(json.dumps(manifest["sizes_bytes"]), built_image.xz.stat().st_size)

@@ -1,0 +1,85 @@
+"""./config read like pi-gen reads it, and the build's preflight messages."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from picluster.build import image, preflight, settings
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_repo_config_is_valid_and_safe():
+    s = settings.load(REPO / "config")
+    assert s.release == "trixie"
+    assert s.first_user_pass == "", "the shipped config must not carry a password"
+    assert s.pubkey_only_ssh == "1"
+    assert s.secret_file == "", "never a secret in the repository"
+
+
+def test_extra_fragment_and_environment_override(tmp_path, monkeypatch):
+    extra = tmp_path / "extra"
+    extra.write_text("IMG_NAME=lab\nPICLUSTER_CLUSTER_NAME=lab\n")
+    monkeypatch.setenv("PICLUSTER_BASE_PORT", "12000")
+    s = settings.load(REPO / "config", extra)
+    assert (s.img_name, s.cluster_name, s.base_port) == ("lab", "lab", 12000)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("PICLUSTER_BASEPORT=1\n", "unknown setting PICLUSTER_BASEPORT. Fix: did you mean "),
+        ("FIRST_USER_PASS=raspberry\n", "FIRST_USER_PASS"),
+        ("IMG_NAME='my image'\n", "IMG_NAME='my image'"),
+        ("PICLUSTER_BASE=ubuntu\n", "PICLUSTER_BASE='ubuntu'"),
+        ("PICLUSTER_ENGINES_PER_NODE=many\n", "'auto' (one per core) or a whole number"),
+        ("COMPRESSION_LEVEL=12\n", "COMPRESSION_LEVEL"),
+        ("if then\n", "bash could not source it"),
+    ],
+)
+def test_bad_settings_name_file_variable_and_fix(tmp_path, text, expected):
+    extra = tmp_path / "extra"
+    extra.write_text(text)
+    with pytest.raises(settings.SettingsError) as err:
+        settings.load(REPO / "config", extra)
+    message = str(err.value)
+    assert expected in message
+    assert str(extra) in message
+
+
+def test_missing_extra_config_is_named(tmp_path):
+    with pytest.raises(settings.SettingsError, match="no such config file"):
+        settings.load(REPO / "config", tmp_path / "nope")
+
+
+def test_shell_exports_use_pi_gen_names():
+    env = settings.shell_exports(settings.load(REPO / "config"))
+    assert env["FIRST_USER_NAME"] == "pi"
+    assert env["PICLUSTER_CLUSTER_NAME"] == "picluster"
+    assert "first_user_name" not in env
+
+
+def test_preflight_reports_a_path_with_spaces(tmp_path):
+    spaced = tmp_path / "my work"
+    spaced.mkdir()
+    problems = [str(p) for p in preflight.check(REPO, spaced, need_free=0)]
+    assert any("path with a space" in p and "Fix:" in p for p in problems)
+
+
+def test_preflight_reports_too_little_disk(tmp_path):
+    problems = [str(p) for p in preflight.check(REPO, tmp_path, need_free=1 << 60)]
+    assert any("GiB free" in p for p in problems)
+
+
+def test_preflight_names_the_apt_package_of_a_missing_tool():
+    assert preflight.missing_tools({"no-such-tool-xyz": "pkg-xyz", "bash": "bash"}) == ["pkg-xyz"]
+
+
+def test_image_plan_is_aligned_like_raspberry_pi_os():
+    layout = image.plan(root_used=1_000_000_000, extra=512 << 20)
+    assert layout.boot_start == 4 << 20
+    assert layout.root_start == layout.boot_start + layout.boot_size
+    assert layout.root_size % (4 << 20) == 0
+    assert layout.root_size > 1_000_000_000 + (512 << 20)

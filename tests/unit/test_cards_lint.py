@@ -1,0 +1,251 @@
+"""Every lint rule, each with a failing example, and the ``lint`` command's exit codes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from picluster import secret
+from picluster.cards import lint, manifest, seeds
+from picluster.cli import main
+
+KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOnULl1FkcLuvLSZ1evLue8pNkcyzyzdRhIH/N5Lodkr me@laptop"
+
+
+@pytest.fixture
+def seed(tmp_path) -> Path:
+    """A good seed folder for engine-1, as ``picluster cards`` writes it."""
+    m = manifest.parse(
+        f'cluster = "lab"\nssh_keys = ["{KEY}"]\nengines = 1\n'
+        '[wifi]\nssid = "w"\npassword = "12345678"\ncountry = "GB"\n',
+        "m.toml",
+    )
+    items = seeds.render(manifest.Loaded(m, tmp_path / "m.toml", [KEY]), secret.generate())
+    card = next(s for s in items if s.hostname == "engine-1")
+    card.write(tmp_path / "engine-1")
+    return tmp_path / "engine-1"
+
+
+def edit(seed: Path, name: str, old: str, new: str) -> None:
+    path = seed / name
+    text = path.read_text()
+    assert old in text, f"{old!r} not in {name}"
+    path.write_text(text.replace(old, new, 1))
+    path.chmod(0o600)
+
+
+def problems(seed: Path, rule: str) -> list[lint.Finding]:
+    return [f for f in lint.lint_dir(seed) if f.rule == rule and f.severity != lint.Severity.INFO]
+
+
+def line_of(seed: Path, name: str, needle: str) -> int:
+    for number, line in enumerate((seed / name).read_text().splitlines(), 1):
+        if needle in line:
+            return number
+    raise AssertionError(needle)
+
+
+def only(seed: Path, rule: str) -> lint.Finding:
+    found = problems(seed, rule)
+    assert len(found) == 1, found
+    return found[0]
+
+
+def test_good_seed_is_clean(seed):
+    findings = lint.lint_dir(seed)
+    assert [f for f in findings if f.severity != lint.Severity.INFO] == []
+
+
+def test_header_missing(seed):
+    edit(seed, "user-data", "#cloud-config\n", "# cloud-config\n")
+    f = only(seed, "header")
+    assert (f.file.name, f.line, f.severity) == ("user-data", 1, "error")
+    assert "#cloud-config" in f.message and "Fix:" in f.message
+
+
+def test_tabs(seed):
+    edit(seed, "user-data", "ssh_pwauth: false", "ssh_pwauth:\tfalse")
+    f = only(seed, "tabs")
+    assert f.line == line_of(seed, "user-data", "ssh_pwauth") and f.severity == "error"
+    assert str(f).startswith(f"{seed}/user-data:{f.line}: error: tab character")
+
+
+def test_yaml_parse_error_has_line(seed):
+    edit(seed, "user-data", "manage_etc_hosts: true", "manage_etc_hosts: [true")
+    f = only(seed, "yaml")
+    assert f.line >= line_of(seed, "user-data", "manage_etc_hosts")
+    assert "YAML does not parse" in f.message
+
+
+def test_yaml_error_in_meta_data(seed):
+    edit(seed, "meta-data", "local-hostname:", "local-hostname: : :")
+    f = only(seed, "yaml")
+    assert f.file.name == "meta-data" and f.line == 2
+
+
+def test_instance_id_with_underscore(seed):
+    edit(seed, "meta-data", "instance-id:", "instance_id:")
+    f = only(seed, "instance-id")
+    assert (f.file.name, f.line) == ("meta-data", 1)
+    assert "'instance_id' (underscore)" in f.message
+
+
+def test_instance_id_missing(seed):
+    (seed / "meta-data").write_text("local-hostname: engine-1\n")
+    assert "no instance-id" in only(seed, "instance-id").message
+
+
+def test_missing_files(seed):
+    (seed / "meta-data").unlink()
+    (seed / "user-data").unlink()
+    found = problems(seed, "missing-file")
+    assert {f.file.name for f in found} == {"meta-data", "user-data"}
+
+
+@pytest.mark.parametrize("key", ["packages:\n- htop\n", "package_update: true\n"])
+def test_network_install_warning(seed, key):
+    (seed / "user-data").write_text((seed / "user-data").read_text() + key)
+    f = only(seed, "no-effect")
+    assert f.severity == "warning" and "network at first boot" in f.message
+    assert f.line == line_of(seed, "user-data", key.split(":")[0] + ":")
+
+
+def test_apt_and_snap_do_nothing(seed):
+    extra = "apt:\n  primary:\n  - arches: [default]\n    uri: http://x\nsnap:\n  commands: []\n"
+    (seed / "user-data").write_text((seed / "user-data").read_text() + extra)
+    found = problems(seed, "no-effect")
+    assert [f.message.split(":")[0] for f in found] == ["'apt'", "'snap'"]
+
+
+def test_invalid_hostname(seed):
+    edit(seed, "user-data", "hostname: engine-1", "hostname: Engine_1")
+    edit(seed, "meta-data", "local-hostname: engine-1", "local-hostname: Engine_1")
+    found = problems(seed, "hostname")
+    assert {f.file.name for f in found} == {"user-data", "meta-data"}
+    assert all("RFC 1123" in f.message for f in found)
+
+
+def test_unassigned_hostname_role(seed):
+    edit(seed, "user-data", "hostname: engine-1", "hostname: raspberrypi")
+    f = only(seed, "role")
+    assert f.severity == "error" and "joins no cluster" in f.message
+
+
+def test_role_is_reported_as_info(seed):
+    (info,) = [f for f in lint.lint_dir(seed) if f.rule == "role"]
+    assert info.severity == "info" and info.message.startswith("engine: 'engine-1' matches '*'")
+
+
+def test_hostname_mismatch(seed):
+    edit(seed, "meta-data", "local-hostname: engine-1", "local-hostname: engine-2")
+    assert "differs from meta-data" in only(seed, "hostname").message
+
+
+def test_no_hostname(seed):
+    edit(seed, "user-data", "hostname: engine-1\n", "")
+    (seed / "meta-data").write_text("instance-id: x\n")
+    assert "keeps the image's name" in only(seed, "hostname").message
+
+
+def test_secret_wrong_length(seed):
+    text = (seed / "user-data").read_text()
+    hexed = next(line.strip() for line in text.splitlines() if len(line.strip()) == 64)
+    edit(seed, "user-data", hexed, hexed[:40])
+    f = only(seed, "secret")
+    assert "expected 64 hex digits" in f.message and f.line == line_of(seed, "user-data", "content")
+
+
+def test_secret_mode_not_0600(seed):
+    edit(seed, "user-data", "permissions: '0600'", "permissions: '0644'")
+    f = only(seed, "secret-mode")
+    assert f.line == line_of(seed, "user-data", "permissions: '0644'")
+    assert "permissions: '0600'" in f.message
+
+
+def test_secret_owner_not_root(seed):
+    edit(seed, "user-data", "owner: root:root", "owner: pi:pi")
+    assert "owned by root" in only(seed, "secret-mode").message
+
+
+def test_seed_file_readable_by_others_on_host(seed):
+    (seed / "user-data").chmod(0o644)
+    f = only(seed, "secret-mode")
+    assert f.severity == "warning" and "chmod 600" in f.message
+
+
+def test_ssh_password_auth(seed):
+    edit(seed, "user-data", "ssh_pwauth: false", "ssh_pwauth: true")
+    f = only(seed, "password")
+    assert f.line == line_of(seed, "user-data", "ssh_pwauth") and f.severity == "error"
+
+
+@pytest.mark.parametrize("key", ["passwd", "plain_text_passwd", "hashed_passwd"])
+def test_user_password(seed, key):
+    edit(seed, "user-data", "  lock_passwd: true", f"  {key}: secret\n  lock_passwd: true")
+    assert f"users: '{key}' sets a password" in only(seed, "password").message
+
+
+def test_chpasswd(seed):
+    (seed / "user-data").write_text(
+        (seed / "user-data").read_text() + "chpasswd:\n  users:\n  - {name: pi, password: x}\n"
+    )
+    assert "'chpasswd' sets a password" in only(seed, "password").message
+
+
+def test_lock_passwd_false(seed):
+    edit(seed, "user-data", "lock_passwd: true", "lock_passwd: false")
+    assert only(seed, "password").severity == "warning"
+
+
+def test_cluster_toml_errors_are_reported(seed):
+    edit(seed, "user-data", "base_port = 47000", "base_prot = 47000")
+    f = only(seed, "config")
+    assert "did you mean 'base_port'?" in f.message
+
+
+def test_network_config_version(seed):
+    (seed / "network-config").write_text("network:\n  version: 3\n")
+    assert "version: 2" in only(seed, "network").message
+
+
+def test_wifi_without_country(seed):
+    path = seed / "network-config"
+    lines = path.read_text().splitlines(keepends=True)
+    path.write_text("".join(ln for ln in lines if "regulatory-domain" not in ln))
+    f = only(seed, "wifi-country")
+    assert f.severity == "warning" and f.line == line_of(seed, "network-config", "wlan0")
+
+
+def test_cloudinit_schema_when_available(seed):
+    if not lint.schema_available():
+        pytest.skip("cloudinit module not importable (apt install cloud-init)")
+    (seed / "user-data").write_text((seed / "user-data").read_text() + "bogus_key: 1\n")
+    f = only(seed, "schema")
+    assert "bogus_key" in f.message and f.line == line_of(seed, "user-data", "bogus_key")
+
+
+def test_seed_dirs_finds_card_folders(tmp_path, seed):
+    assert lint.seed_dirs(seed) == [seed]
+    assert lint.seed_dirs(seed.parent) == [seed]
+
+
+def test_lint_command_exit_codes(seed, capsys):
+    assert main(["lint", str(seed)]) == 0
+    (seed / "user-data").write_text((seed / "user-data").read_text() + "package_update: true\n")
+    assert main(["lint", str(seed)]) == 0
+    assert main(["lint", "--strict", str(seed)]) == 1
+    edit(seed, "meta-data", "instance-id:", "instance_id:")
+    assert main(["lint", str(seed.parent)]) == 1
+    out = capsys.readouterr().out
+    assert f"{seed}/meta-data:1: error: 'instance_id' (underscore)" in out.replace("\n", "")
+    assert main(["lint", str(seed / "nope")]) == 78
+
+
+def test_lint_never_prints_the_secret(seed, capsys):
+    text = (seed / "user-data").read_text()
+    hexed = next(line.strip() for line in text.splitlines() if len(line.strip()) == 64)
+    edit(seed, "user-data", hexed, hexed[:-2])
+    main(["lint", "-v", str(seed)])
+    printed = capsys.readouterr()
+    assert hexed[:-2] not in printed.out + printed.err

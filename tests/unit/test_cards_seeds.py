@@ -1,0 +1,205 @@
+"""Seed generation: content, uniqueness, lint-cleanliness, and that secrets stay out of output."""
+
+from __future__ import annotations
+
+import stat
+from pathlib import Path
+
+import pytest
+import yaml
+
+from picluster import config, secret
+from picluster.cards import cli as cards_cli
+from picluster.cards import lint, manifest, seeds
+from picluster.cli import main
+
+KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOnULl1FkcLuvLSZ1evLue8pNkcyzyzdRhIH/N5Lodkr me@laptop"
+WIFI_PASSWORD = "correct horse battery"
+
+
+def loaded(text: str, tmp_path=None) -> manifest.Loaded:
+    m = manifest.parse(f'cluster = "lab"\nssh_keys = ["{KEY}"]\n' + text, "m.toml")
+    return manifest.Loaded(m, (tmp_path or Path()) / "m.toml", [KEY])
+
+
+FULL = f"""
+user = "alice"
+timezone = "Europe/London"
+locale = "en_GB.UTF-8"
+keyboard = "gb"
+base_port = 48000
+discovery = "static"
+[wifi]
+ssid = "lab-wifi"
+password = "{WIFI_PASSWORD}"
+country = "GB"
+[[card]]
+hostname = "controller"
+address = "192.168.1.10/24"
+gateway = "192.168.1.1"
+[[card]]
+hostname = "engine-1"
+mac = "dc:a6:32:01:02:03"
+[[card]]
+hostname = "engine-2"
+"""
+
+
+def by_host(items: list[seeds.Seed]) -> dict[str, seeds.Seed]:
+    return {s.hostname: s for s in items}
+
+
+def user_data(seed: seeds.Seed) -> dict:
+    text = seed.files["user-data"]
+    assert text.startswith("#cloud-config\n")
+    return yaml.safe_load(text)
+
+
+def test_user_data_contents():
+    value = secret.generate()
+    seed = by_host(seeds.render(loaded("engines = 2\n"), value))["engine-1"]
+    data = user_data(seed)
+    assert data["hostname"] == "engine-1" and data["fqdn"] == "engine-1.local"
+    assert data["preserve_hostname"] is False and data["manage_etc_hosts"] is True
+    assert data["ssh_pwauth"] is False
+    (user,) = data["users"]
+    assert user["name"] == "pi" and user["lock_passwd"] is True
+    assert user["ssh_authorized_keys"] == [KEY]
+    assert "sudo" in user["groups"].split(", ")
+    assert not {"passwd", "hashed_passwd", "plain_text_passwd"} & set(user)
+    assert not {"packages", "package_update", "package_upgrade", "apt", "runcmd"} & set(data)
+    files = {f["path"]: f for f in data["write_files"]}
+    sec = files["/etc/picluster/secret"]
+    assert sec["permissions"] == "0600" and sec["owner"] == "root:root"
+    assert secret.parse(sec["content"]) == value
+    cfg = files["/etc/picluster/cluster.toml"]
+    assert cfg["permissions"] == "0644"
+    parsed = config.parse(cfg["content"])
+    assert parsed.cluster.name == "lab" and parsed.cluster.controller == ""
+    assert seeds.JUPYTER_DROPIN not in files  # user pi is the image's default
+
+
+def test_meta_data_and_role():
+    seed = by_host(seeds.render(loaded("engines = 1\n"), secret.generate()))["controller"]
+    meta = yaml.safe_load(seed.files["meta-data"])
+    assert meta["local-hostname"] == "controller"
+    assert meta["instance-id"] == seed.instance_id
+    assert seed.instance_id.startswith("picluster-lab-controller-")
+    assert seed.role == "controller"
+
+
+def test_instance_ids_unique_per_card_and_per_run():
+    spec = loaded("engines = 8\n")
+    first = [s.instance_id for s in seeds.render(spec, secret.generate())]
+    second = [s.instance_id for s in seeds.render(spec, secret.generate())]
+    assert len(set(first)) == 9
+    assert not set(first) & set(second)
+
+
+def test_other_user_gets_jupyter_dropin_and_config():
+    items = by_host(seeds.render(loaded(FULL), secret.generate()))
+    data = user_data(items["engine-2"])
+    assert data["users"][0]["name"] == "alice"
+    files = {f["path"]: f for f in data["write_files"]}
+    assert files[seeds.JUPYTER_DROPIN]["content"] == "[Service]\nUser=alice\n"
+    cfg = config.parse(files["/etc/picluster/cluster.toml"]["content"])
+    assert cfg.jupyter.user == "alice"
+    assert cfg.cluster.base_port == 48000
+    # discovery = static: the controller's address goes to every card, no mDNS.
+    assert cfg.cluster.controller == "192.168.1.10"
+    assert data["timezone"] == "Europe/London" and data["locale"] == "en_GB.UTF-8"
+    assert data["keyboard"] == {"layout": "gb"}
+
+
+def test_network_config_static_mac_and_wifi():
+    items = by_host(seeds.render(loaded(FULL), secret.generate()))
+    net = yaml.safe_load(items["controller"].files["network-config"])["network"]
+    assert net["version"] == 2
+    wired = net["ethernets"]["wired"]
+    assert wired["match"] == {"name": "e*"}
+    assert wired["addresses"] == ["192.168.1.10/24"] and wired["dhcp4"] is False
+    assert wired["routes"] == [{"to": "default", "via": "192.168.1.1"}]
+    assert wired["nameservers"] == {"addresses": ["192.168.1.1"]}
+    wlan = net["wifis"]["wlan0"]
+    assert wlan["regulatory-domain"] == "GB"
+    assert wlan["access-points"]["lab-wifi"]["password"] == seeds.wpa_psk("lab-wifi", WIFI_PASSWORD)
+    e1 = yaml.safe_load(items["engine-1"].files["network-config"])["network"]
+    assert e1["ethernets"]["wired"]["match"] == {"macaddress": "dc:a6:32:01:02:03"}
+    assert e1["ethernets"]["wired"]["dhcp4"] is True
+
+
+def test_wpa_psk_matches_ieee_802_11i_test_vector():
+    assert seeds.wpa_psk("IEEE", "password") == (
+        "f42c6fc52df0ebef9ebb4b90b38a5f902e83fe1b135a70e23aed762e9710a12e"
+    )
+
+
+@pytest.mark.parametrize("spec", ["engines = 3\n", FULL, "engines = 0\n"])
+def test_generated_seeds_lint_clean(tmp_path, spec):
+    for seed in seeds.render(loaded(spec), secret.generate()):
+        seed.write(tmp_path / seed.hostname)
+        findings = lint.lint_dir(tmp_path / seed.hostname)
+        assert [f for f in findings if f.severity != lint.Severity.INFO] == []
+        roles = [f for f in findings if f.rule == "role"]
+        assert len(roles) == 1 and roles[0].message.startswith(str(seed.role))
+
+
+def test_seed_files_modes(tmp_path):
+    seed = seeds.render(loaded("engines = 0\n"), secret.generate())[0]
+    seed.write(tmp_path)
+    assert stat.S_IMODE((tmp_path / "user-data").stat().st_mode) == 0o600
+    assert stat.S_IMODE((tmp_path / "meta-data").stat().st_mode) == 0o644
+
+
+def write_manifest(tmp_path, extra: str) -> Path:
+    path = tmp_path / "m.toml"
+    path.write_text(f'cluster = "lab"\nssh_keys = ["{KEY}"]\n' + extra)
+    return path
+
+
+def test_cards_command_never_prints_secrets(tmp_path, capsys):
+    path = write_manifest(tmp_path, FULL.replace('user = "alice"\n', ""))
+    out = tmp_path / "cards"
+    assert main(["cards", str(path), "--out", str(out), "-v"]) == 0
+    printed = capsys.readouterr()
+    value = secret.load(tmp_path / "lab.secret")
+    for text in (printed.out, printed.err):
+        assert value.hex() not in text
+        assert WIFI_PASSWORD not in text
+        assert "controller" in printed.out
+    assert stat.S_IMODE((tmp_path / "lab.secret").stat().st_mode) == 0o600
+    for card in ("controller", "engine-1", "engine-2"):
+        assert value.hex() in (out / card / "user-data").read_text()
+        for name in seeds.SEED_FILES:
+            assert WIFI_PASSWORD not in (out / card / name).read_text()
+
+
+def test_generated_secret_is_reused_on_rerun(tmp_path, capsys):
+    path = write_manifest(tmp_path, "engines = 1\n")
+    out = tmp_path / "cards"
+    assert main(["cards", str(path), "--out", str(out)]) == 0
+    first = secret.load(tmp_path / "lab.secret")
+    assert main(["cards", str(path), "--out", str(out)]) == 0
+    assert "reusing" in capsys.readouterr().out
+    assert secret.load(tmp_path / "lab.secret") == first
+    data = yaml.safe_load((out / "engine-1" / "user-data").read_text())
+    assert secret.parse(data["write_files"][0]["content"]) == first
+
+
+def test_secret_from_build_file(tmp_path):
+    value = secret.generate()
+    secret.write(tmp_path / "deploy" / "img.secret", value)
+    path = write_manifest(tmp_path, 'engines = 1\nsecret = "deploy/img.secret"\n')
+    assert main(["cards", str(path), "--out", str(tmp_path / "c")]) == 0
+    data = yaml.safe_load((tmp_path / "c" / "controller" / "user-data").read_text())
+    assert secret.parse(data["write_files"][0]["content"]) == value
+
+
+def test_cards_command_reports_manifest_errors(tmp_path, capsys):
+    path = write_manifest(tmp_path, 'engines = 1\nsecret = "missing.secret"\n')
+    assert main(["cards", str(path), "--out", str(tmp_path / "c")]) == cards_cli.EX_CONFIG
+    assert "missing.secret: no cluster secret" in capsys.readouterr().err
+    path.write_text('cluster = "Lab"\n')
+    assert main(["cards", str(path), "--out", str(tmp_path / "c")]) == cards_cli.EX_CONFIG
+    err = capsys.readouterr().err
+    assert f"{path}: cluster: must be a DNS label" in err

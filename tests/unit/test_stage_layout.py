@@ -1,0 +1,97 @@
+"""stage-cluster/ against pi-gen's stage contract (DESIGN.md), without building anything."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from picluster.build import stage
+
+REPO = Path(__file__).resolve().parents[2]
+STAGE = REPO / "stage-cluster"
+NAME = re.compile(r"^\d\d-(debconf|packages-nr|packages|patches|run\.sh|run-chroot\.sh)$")
+
+
+def sub_stage_dirs() -> list[Path]:
+    return stage.sub_stages(STAGE)
+
+
+def test_stage_has_prerun_and_export_image():
+    prerun = STAGE / "prerun.sh"
+    assert prerun.is_file() and os.access(prerun, os.X_OK), "prerun.sh must be executable"
+    assert "copy_previous" in prerun.read_text()
+    assert (STAGE / "EXPORT_IMAGE").is_file(), "pi-gen exports only stages with EXPORT_IMAGE"
+    assert "IMG_SUFFIX" in (STAGE / "EXPORT_IMAGE").read_text()
+
+
+def test_sub_stages_are_numbered_and_files_follow_the_contract():
+    subs = sub_stage_dirs()
+    assert subs, "no sub-stage directories"
+    for sub in subs:
+        assert re.match(r"^\d\d-[a-z0-9-]+$", sub.name), f"{sub.name}: sub-stages are NN-name"
+        numbered = [p for p in sub.iterdir() if re.match(r"^\d\d-", p.name)]
+        assert numbered, f"{sub.name}: no NN-* files, pi-gen would do nothing here"
+        for entry in numbered:
+            assert NAME.match(entry.name), f"{sub.name}/{entry.name}: pi-gen ignores this name"
+        assert stage.unknown_files(sub) == []
+
+
+def test_run_scripts_are_executable_and_parse():
+    for script in STAGE.glob("*/*-run.sh"):
+        assert os.access(script, os.X_OK), f"{script}: pi-gen skips a run.sh that is not executable"
+    scripts = [STAGE / "prerun.sh", *STAGE.glob("*/*-run.sh"), *STAGE.glob("*/*-run-chroot.sh")]
+    for script in scripts:
+        proc = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True)
+        assert proc.returncode == 0, f"{script}: {proc.stderr}"
+
+
+@pytest.mark.skipif(not shutil.which("shellcheck"), reason="shellcheck not installed")
+def test_shell_is_shellcheck_clean():
+    scripts = [
+        REPO / "build.sh",
+        STAGE / "prerun.sh",
+        STAGE / "EXPORT_IMAGE",
+        *STAGE.glob("*/*.sh"),
+        REPO / "src/picluster/build/pigen_functions.sh",
+    ]
+    proc = subprocess.run(
+        ["shellcheck", "--shell=bash", *map(str, scripts)], capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stdout
+
+
+def test_package_files_parse_to_debian_package_names():
+    files = [*STAGE.glob("*/*-packages"), *STAGE.glob("*/*-packages-nr")]
+    assert files
+    for path in files:
+        names = stage.packages(path)
+        assert names, f"{path}: empty"
+        for name in names:
+            assert re.match(r"^[a-z0-9][a-z0-9+.-]+$", name), f"{path}: {name!r} is not a package"
+
+
+def test_package_parser_drops_comments_and_joins_lines(tmp_path):
+    f = tmp_path / "00-packages"
+    f.write_text("# comment\npython3 avahi-daemon  # mDNS\n\n  libnss-mdns\n")
+    assert stage.packages(f) == ["python3", "avahi-daemon", "libnss-mdns"]
+
+
+def test_unknown_files_are_reported(tmp_path):
+    sub = tmp_path / "00-x"
+    sub.mkdir()
+    (sub / "00-run-chroot").write_text("true\n")
+    (sub / "01-run.sh").write_text("true\n")
+    assert stage.unknown_files(sub) == ["00-run-chroot"]
+
+
+def test_requirements_lock_pins_every_wheel_by_hash():
+    lock = (STAGE / "00-venv" / "requirements.txt").read_text()
+    pins = re.findall(r"^([a-z0-9._-]+)==(\S+) \\\n    --hash=sha256:([0-9a-f]{64})$", lock, re.M)
+    names = {p[0] for p in pins}
+    assert {"ipyparallel", "jupyterlab", "zeroconf", "pyzmq", "numpy"} <= names
+    assert lock.count("==") == len(pins), "a pin without a hash"
