@@ -52,6 +52,8 @@ def cmd_url(args: argparse.Namespace) -> int:
     except config.ConfigError as exc:
         print(f"picluster: {exc}", file=sys.stderr)
         return EX_CONFIG
+    if args.port:
+        cfg = cfg.model_copy(update={"jupyter": cfg.jupyter.model_copy(update={"port": args.port})})
     host = args.host or (
         cfg.jupyter.ip if cfg.jupyter.ip not in jupyter.ANY_ADDRESS else f"{hostname()}.local"
     )
@@ -95,5 +97,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "picluster url --secret deploy/<name>.secret --host controller.local",
     )
     p.add_argument("--host", help="host name in the URL (default: <this hostname>.local)")
+    p.add_argument(
+        "--port", type=int, help="port in the URL, e.g. a forwarded one (default: [jupyter] port)"
+    )
     _path_options(p)
     p.set_defaults(func=cmd_url)

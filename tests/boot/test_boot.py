@@ -195,7 +195,7 @@ def test_jupyterlab_requires_the_token(booted, tmp_path):
     )
     assert get("/api/contents") == 403
     token = subprocess.run(
-        [*PY, "url", "--secret", str(cluster.secret), "--host", "127.0.0.1:18888"],
+        [*PY, "url", "--secret", str(cluster.secret), "--host", "127.0.0.1", "--port", "18888"],
         capture_output=True, text=True, check=True,
     ).stdout.strip().split("token=")[1]  # fmt: skip
     assert get(f"/api/contents?token={token}") == 200

@@ -22,6 +22,7 @@ REPO = Path(__file__).resolve().parents[2]
 WORK = REPO / "work"
 DEPLOY = REPO / "deploy"
 NAME = "picluster"
+CI_CONFIG = Path(__file__).with_name("ci.config")
 
 
 @dataclass(frozen=True)
@@ -39,7 +40,7 @@ def build_image() -> BuiltImage:
     manifest_path = DEPLOY / f"{NAME}.manifest.json"
     if os.environ.get("PICLUSTER_TEST_REUSE_IMAGE") != "1" or not manifest_path.exists():
         proc = subprocess.run(
-            [str(REPO / "build.sh"), "build", "--base", "debian"],
+            [str(REPO / "build.sh"), "build", "--base", "debian", "-c", str(CI_CONFIG)],
             cwd=REPO,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
@@ -72,7 +73,11 @@ def built_image() -> BuiltImage:
 
 @contextlib.contextmanager
 def mounted_partitions(raw: Path, mountpoint: Path):
-    """Both partitions mounted read-only through loop devices, detached afterwards."""
+    """The ext4 root mounted read-only through a loop device, detached afterwards.
+
+    The FAT partition is read with mtools instead (this kernel may lack vfat,
+    and the card tools never mount it either); it gets a loop device for blkid.
+    """
     table = json.loads(
         subprocess.run(
             ["sfdisk", "--json", str(raw)], capture_output=True, text=True, check=True
@@ -88,12 +93,9 @@ def mounted_partitions(raw: Path, mountpoint: Path):
                 capture_output=True, text=True, check=True,
             ).stdout.strip()  # fmt: skip
             loops.append(loop)
-        root, boot = mountpoint, mountpoint / "boot/firmware"
         mountpoint.mkdir(parents=True, exist_ok=True)
-        subprocess.run(["mount", "-o", "ro", loops[1], str(root)], check=True)
-        mounted.append(root)
-        subprocess.run(["mount", "-o", "ro", loops[0], str(boot)], check=True)
-        mounted.append(boot)
+        subprocess.run(["mount", "-o", "ro", loops[1], str(mountpoint)], check=True)
+        mounted.append(mountpoint)
         yield table, loops
     finally:
         for point in reversed(mounted):

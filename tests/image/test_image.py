@@ -9,6 +9,7 @@ import subprocess
 
 import pytest
 
+from picluster.cards import bootfs
 from tests.image.conftest import mounted_partitions
 
 pytestmark = [pytest.mark.root, pytest.mark.image]
@@ -47,15 +48,27 @@ def test_fstab_mounts_both_by_label(image_root):
     assert "LABEL=rootfs" in fstab and "LABEL=bootfs" in fstab and "/boot/firmware" in fstab
 
 
-def test_boot_partition_has_firmware_kernel_and_seed_examples(image_root):
-    boot = image_root[0] / "boot/firmware"
-    names = {p.name for p in boot.iterdir()}
+def test_boot_partition_has_firmware_kernel_and_seed_examples(built_image, image_root):
+    part = bootfs.boot_partition(built_image.raw)
+    listing = subprocess.run(
+        ["mdir", "-b", "-i", f"{built_image.raw}@@{part.start}", "::"],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    names = {line.rsplit("/", 1)[-1] for line in listing.split()}
     for expected in ("user-data", "meta-data", "network-config", "config.txt", "cmdline.txt"):
         assert expected in names, f"{expected} missing on bootfs (has {sorted(names)})"
     assert any(n.startswith("vmlinuz") for n in names), "no kernel on bootfs"
-    assert "root=LABEL=rootfs" in (boot / "cmdline.txt").read_text()
-    assert "instance-id:" in (boot / "meta-data").read_text()
-    assert (boot / "user-data").read_text().startswith("#cloud-config")
+    assert any(n.startswith("bcm2711") for n in names), "no Pi 4 device tree on bootfs"
+
+    def read(name: str) -> str:
+        return bootfs.read_file(built_image.raw, name, part).decode()
+
+    assert "root=LABEL=rootfs" in read("cmdline.txt")
+    assert "instance-id:" in read("meta-data")
+    assert read("user-data").startswith("#cloud-config")
+    assert "kernel=vmlinuz" in read("config.txt")
+    fsck = subprocess.run(["fsck.vfat", "-n", image_root[2][0]], capture_output=True, text=True)
+    assert fsck.returncode == 0, fsck.stdout + fsck.stderr
 
 
 def test_cloud_init_reads_the_seed_from_bootfs(image_root):
@@ -111,13 +124,13 @@ def test_venv_imports_under_qemu_user(image_root):
     proc = subprocess.run(
         ["chroot", str(root), "/opt/picluster/bin/python", "-c", code],
         capture_output=True, text=True, timeout=600,
-        env={"PATH": "/usr/bin:/bin", "LC_ALL": "C.UTF-8"},
+        env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C.UTF-8"},
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "0.1.0"
     proc = subprocess.run(
         ["chroot", str(root), "/opt/picluster/bin/picluster", "role", "--help"],
-        capture_output=True, text=True, timeout=300, env={"PATH": "/usr/bin:/bin"},
+        capture_output=True, text=True, timeout=300, env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"},
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
 

@@ -95,3 +95,31 @@ def test_requirements_lock_pins_every_wheel_by_hash():
     names = {p[0] for p in pins}
     assert {"ipyparallel", "jupyterlab", "zeroconf", "pyzmq", "numpy"} <= names
     assert lock.count("==") == len(pins), "a pin without a hash"
+
+
+def unit_values(path: Path, key: str) -> list[str]:
+    values: list[str] = []
+    for line in path.read_text().splitlines():
+        if line.startswith(f"{key}="):
+            values += line.split("=", 1)[1].split()
+    return values
+
+
+def test_units_do_not_wait_for_targets_that_wait_for_them():
+    """Both units are WantedBy=multi-user.target, which orders after them; cloud-final
+    (and so cloud-init.target) orders after multi-user: After= on either is a cycle
+    that systemd breaks by not starting the unit at all (seen on the first VM boot)."""
+    for unit in (REPO / "files/systemd").glob("*.service"):
+        after = unit_values(unit, "After")
+        assert "multi-user.target" in unit_values(unit, "WantedBy"), unit.name
+        for late in ("cloud-init.target", "cloud-final.service", "multi-user.target"):
+            assert late not in after, f"{unit.name}: After={late} is an ordering cycle"
+
+
+def test_units_run_unprivileged_with_the_secret_as_a_credential():
+    for unit in (REPO / "files/systemd").glob("*.service"):
+        text = unit.read_text()
+        user = unit_values(unit, "User")
+        assert user and user[0] != "root", f"{unit.name}: must not run as root"
+        assert "LoadCredential=picluster-secret:/etc/picluster/secret" in text, unit.name
+        assert "RestartPreventExitStatus=78" in text, unit.name

@@ -81,6 +81,7 @@ def cmd_boot(args: argparse.Namespace) -> int:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
     try:
         image, secret, _ = _defaults(args)
         cluster = BootCluster(
@@ -136,7 +137,7 @@ def _url(secret: Path, port: int) -> str:
     import subprocess
 
     proc = subprocess.run(
-        [*PY, "url", "--secret", str(secret), "--host", f"127.0.0.1:{port}"],
+        [*PY, "url", "--secret", str(secret), "--host", "127.0.0.1", "--port", str(port)],
         capture_output=True, text=True, check=False,
     )  # fmt: skip
     return (

@@ -57,7 +57,7 @@ chmod 755 "$1/usr/bin/py3compile"
 
 FSTAB = """# <file system>  <mount point>    <type> <options>          <dump> <pass>
 LABEL=rootfs     /                ext4   defaults,noatime   0      1
-LABEL=bootfs     /boot/firmware   vfat   defaults           0      2
+LABEL=bootfs     /boot/firmware   vfat   defaults,x-systemd.device-timeout=10min 0 2
 """
 
 CLOUD_CFG = """# picluster: the card seed lives on the FAT partition, as on Raspberry Pi OS.
