@@ -47,7 +47,7 @@ def warm(args: argparse.Namespace) -> None:
     steps(args)
 
 
-def sizes(_: argparse.Namespace) -> None:
+def sizes(args: argparse.Namespace) -> None:
     m = manifest()
     rootfs = REPO / "work" / "stage-cluster" / "rootfs"
     raw = Path(m["raw_image"])
@@ -60,7 +60,7 @@ def sizes(_: argparse.Namespace) -> None:
                         capture_output=True, text=True, check=True).stdout  # fmt: skip
     total = int(du.splitlines()[-1].split()[0])
     tar = subprocess.Popen(["tar", "-C", str(rootfs), "-cf", "-", *present], stdout=subprocess.PIPE)
-    level = f"-{m.get('compression_level', 6)}"
+    level = f"-{args.level if args.level is not None else m.get('compression_level', 6)}"
     packed = subprocess.run(
         ["xz", "-T0", level, "-c"], stdin=tar.stdout, capture_output=True, check=True
     )
@@ -78,7 +78,10 @@ def main() -> None:
     )
     sub = parser.add_subparsers(dest="cmd", required=True)
     for name, fn in (("steps", steps), ("warm", warm), ("sizes", sizes)):
-        sub.add_parser(name).set_defaults(func=fn)
+        p = sub.add_parser(name)
+        p.set_defaults(func=fn)
+        if name == "sizes":
+            p.add_argument("--level", type=int, help="xz level (default: the build's)")
     args = parser.parse_args()
     args.func(args)
 

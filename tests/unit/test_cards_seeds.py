@@ -115,8 +115,8 @@ def test_network_config_static_mac_and_wifi():
     items = by_host(seeds.render(loaded(FULL), secret.generate()))
     net = yaml.safe_load(items["controller"].files["network-config"])["network"]
     assert net["version"] == 2
-    wired = net["ethernets"]["wired"]
-    assert wired["match"] == {"name": "e*"}
+    wired = net["ethernets"]["eth0"]
+    assert "match" not in wired, "a name glob breaks cloud-init's networkd renderer"
     assert wired["addresses"] == ["192.168.1.10/24"] and wired["dhcp4"] is False
     assert wired["routes"] == [{"to": "default", "via": "192.168.1.1"}]
     assert wired["nameservers"] == {"addresses": ["192.168.1.1"]}
@@ -124,8 +124,9 @@ def test_network_config_static_mac_and_wifi():
     assert wlan["regulatory-domain"] == "GB"
     assert wlan["access-points"]["lab-wifi"]["password"] == seeds.wpa_psk("lab-wifi", WIFI_PASSWORD)
     e1 = yaml.safe_load(items["engine-1"].files["network-config"])["network"]
-    assert e1["ethernets"]["wired"]["match"] == {"macaddress": "dc:a6:32:01:02:03"}
-    assert e1["ethernets"]["wired"]["dhcp4"] is True
+    assert e1["ethernets"]["eth0"]["match"] == {"macaddress": "dc:a6:32:01:02:03"}
+    assert e1["ethernets"]["eth0"]["set-name"] == "eth0"
+    assert e1["ethernets"]["eth0"]["dhcp4"] is True
 
 
 def test_wpa_psk_matches_ieee_802_11i_test_vector():

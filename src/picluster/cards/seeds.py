@@ -137,8 +137,11 @@ def meta_data(iid: str, hostname: str) -> str:
 
 
 def network_config(manifest: Manifest, card: Card) -> str:
+    # "eth0" by name: both bases boot with net.ifnames=0, and cloud-init's
+    # networkd renderer (the debian base) ignores a glob in match/name (it
+    # wrote Name=<the id> and left the port down in the first VM boot).
     wired: dict[str, Any] = (
-        {"match": {"macaddress": card.mac}} if card.mac else {"match": {"name": "e*"}}
+        {"match": {"macaddress": card.mac}, "set-name": "eth0"} if card.mac else {}
     )
     if card.address:
         wired["dhcp4"] = False
@@ -153,7 +156,7 @@ def network_config(manifest: Manifest, card: Card) -> str:
     if manifest.wifi:
         # A card with Wi-Fi must not wait for a cable at boot.
         wired["optional"] = True
-    network: dict[str, Any] = {"version": 2, "ethernets": {"wired": wired}}
+    network: dict[str, Any] = {"version": 2, "ethernets": {"eth0": wired}}
     if manifest.wifi:
         wifi = manifest.wifi
         network["wifis"] = {
