@@ -31,7 +31,8 @@ INSTANCE_FILE = "picluster-instance"
 CONNECTION_FILES = ("ipcontroller-engine.json", "ipcontroller-client.json")
 ENGINE_STATE = "engines.json"
 HEARTBEAT_MS = 500
-HEARTBEAT_MISSES = 20
+REGISTRATION_TIMEOUT_S = 300
+HEARTBEAT_MISSES = 60
 
 
 def instance_id(profile_dir: Path) -> str:
@@ -78,11 +79,17 @@ def controller_argv(config: Config, paths: Paths) -> list[str]:
         "--IPController.reuse_files=False",
         # The hub lists a new engine one or two heartbeat ticks after it
         # registers: 0.5 s ticks instead of 3 s make a joining Pi usable in about
-        # a second. 20 misses keep the time to declare an engine dead at 10 s
-        # (ipyparallel's default is 30 s), tolerant of Wi-Fi hiccups; the cost is
-        # a few bytes per engine per tick on the LAN.
+        # a second. 60 misses keep the time to declare an engine dead at
+        # ipyparallel's default 30 s: 10 s (20 misses) declared every engine of
+        # a busy emulated cluster dead in the QEMU boot test, and a loaded Pi 3
+        # on Wi-Fi stalls as long. The cost is a few bytes per engine per tick.
         f"--HeartMonitor.period={HEARTBEAT_MS}",
         f"--HeartMonitor.max_heartmonitor_misses={HEARTBEAT_MISSES}",
+        # A registering engine must send its first heartbeat within this time
+        # or the hub purges it and then ignores its heart for good. ipyparallel's
+        # 30 s is too short for a busy Pi 3 (or an emulated one: 32 s seen in
+        # the QEMU boot test); waiting longer costs nothing.
+        f"--IPController.registration_timeout={REGISTRATION_TIMEOUT_S}",
     ]
 
 
