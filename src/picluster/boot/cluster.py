@@ -175,9 +175,18 @@ class BootCluster:
 
     def in_lan(self, argv: list[str], timeout: float = 120.0) -> subprocess.CompletedProcess[str]:
         assert self.lan
-        return subprocess.run(
-            self.lan.exec_argv(argv), capture_output=True, text=True, timeout=timeout, check=False
-        )
+        try:
+            return subprocess.run(
+                self.lan.exec_argv(argv),
+                capture_output=True,
+                text=True,
+                timeout=timeout,
+                check=False,
+            )
+        except subprocess.TimeoutExpired as exc:
+            # A VM under emulation can take minutes to answer; callers poll.
+            out = exc.stdout.decode() if isinstance(exc.stdout, bytes) else exc.stdout or ""
+            return subprocess.CompletedProcess(argv, 124, out, f"timed out after {timeout:.0f} s")
 
     def ssh(
         self, host_index: int, command: str, timeout: float = 120.0
