@@ -26,10 +26,6 @@ def key(kind: str, inputs: dict[str, Any]) -> str:
     return f"{kind}-{hashlib.sha256(blob).hexdigest()[:16]}"
 
 
-def file_digest(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 class Cache:
     def __init__(self, root: Path = DEFAULT_DIR) -> None:
         self.root = root

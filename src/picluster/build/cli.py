@@ -92,10 +92,8 @@ def _secret_file(settings: settings_mod.Settings, deploy_dir: Path, log: StepLog
     """The build's secret: the configured file, else a fresh one in deploy/ (0600)."""
     if settings.secret_file:
         path = Path(settings.secret_file)
-        secret_mod.load(path)
-        log.note(
-            f"cluster secret: {path} (fingerprint {secret_mod.fingerprint(secret_mod.load(path))})"
-        )
+        secret = secret_mod.load(path)
+        log.note(f"cluster secret: {path} (fingerprint {secret_mod.fingerprint(secret)})")
         return path
     path = deploy_dir / f"{settings.img_name}.secret"
     if path.exists():

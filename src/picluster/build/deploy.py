@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
+import subprocess
 from pathlib import Path
 from typing import Any
 
 from picluster.build.steps import StepLog
+from picluster.build.wheelhouse import sha256
 from picluster.files import atomic_write_text
 
 
@@ -22,22 +23,12 @@ def venv_versions(rootfs: Path) -> dict[str, str]:
     return versions
 
 
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        while block := fh.read(1 << 22):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def compress(image: Path, deploy: Path, level: int, log: StepLog) -> Path:
     """Write ``<image>.xz`` into ``deploy`` atomically; the raw image stays in the work dir."""
     out = deploy / f"{image.name}.xz"
     partial = out.with_name(out.name + ".partial")
     with partial.open("wb") as fh:
         log.write(f"$ xz -T0 -{level} -c {image} > {partial}")
-        import subprocess
-
         subprocess.run(["xz", "-T0", f"-{level}", "-c", str(image)], stdout=fh, check=True)
     partial.replace(out)
     return out

@@ -11,7 +11,6 @@ two file systems are copied into place sparsely.
 from __future__ import annotations
 
 import contextlib
-import shutil
 import subprocess
 import tempfile
 from dataclasses import dataclass
@@ -104,16 +103,3 @@ def assemble(rootfs: Path, work: Path, image: Path, extra_mb: int, log: StepLog)
         src.unlink()
     partial.replace(image)
     return layout
-
-
-def partitions(image: Path) -> list[dict[str, int | str]]:
-    out = subprocess.run(
-        ["sfdisk", "--json", str(image)], capture_output=True, text=True, check=True
-    )
-    import json
-
-    return json.loads(out.stdout)["partitiontable"]["partitions"]
-
-
-def have_tools() -> list[str]:
-    return [t for t in ("mkfs.vfat", "mcopy", "mkfs.ext4", "sfdisk", "dd") if not shutil.which(t)]

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import platform
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -69,14 +68,3 @@ def run(native_root: Path, argv: list[str], log: StepLog) -> None:
         ["chroot", str(native_root), *argv],
         env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C.UTF-8"},
     )
-
-
-def python_version(root: Path) -> str:
-    """The CPython version a root file system carries, e.g. '3.13.5'."""
-    out = subprocess.run(
-        ["chroot", str(root), "python3", "-c", "import platform; print(platform.python_version())"],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    return out.stdout.strip()

@@ -18,6 +18,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from picluster.cards.manifest import USERNAME
 from picluster.config import ClusterSection
 
 
@@ -76,7 +77,6 @@ _FIELD_OF_VAR = {
 VAR_OF_FIELD = {v: k for k, v in _FIELD_OF_VAR.items()}
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-_USER = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
 
 
 class Settings(BaseModel):
@@ -120,7 +120,7 @@ class Settings(BaseModel):
     @field_validator("first_user_name")
     @classmethod
     def _user(cls, value: str) -> str:
-        if not _USER.match(value) or value == "root":
+        if not USERNAME.match(value) or value == "root":
             raise ValueError("a lower-case login name such as pi (never root)")
         return value
 

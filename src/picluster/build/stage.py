@@ -20,7 +20,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 from picluster.build import mounts
-from picluster.build.steps import BuildError, StepLog
+from picluster.build.steps import StepLog
 
 FUNCTIONS = Path(__file__).with_name("pigen_functions.sh")
 _SUB_STAGE_FILE = re.compile(
@@ -145,8 +145,3 @@ class StageRunner:
             self._chroot(chroot_sh.read_text(), sub, env)
             ran.append(f"{sub.name}/{chroot_sh.name}")
         return ran
-
-
-def check_rootfs(rootfs: Path) -> None:
-    if not (rootfs / "usr/bin").is_dir():
-        raise BuildError(f"{rootfs}: not a root file system (no usr/bin)")

@@ -46,6 +46,7 @@ def download(requirements: Path, dest: Path, *, hashes: bool = True) -> list[Pat
 
 
 def sha256(path: Path) -> str:
+    """Hex SHA-256 of a file, read in blocks (wheels, images)."""
     digest = hashlib.sha256()
     with path.open("rb") as fh:
         for block in iter(lambda: fh.read(1 << 20), b""):
