@@ -144,6 +144,17 @@ def test_venv_is_byte_compiled(image_root):
     assert not missing, f"not compiled: {missing[:5]}"
 
 
+def test_console_keymap_cache_is_current(image_root):
+    """console-setup rebuilds a stale cache at every boot (minutes of perl under emulation)."""
+    etc = image_root[0] / "etc"
+    cache = (etc / "console-setup/cached_setup_terminal.sh").stat().st_mtime
+    for conf in ("default/keyboard", "default/console-setup"):
+        # console-setup.sh: `[ cached -nt conf ] || setupcon --save`
+        assert cache > (etc / conf).stat().st_mtime, (
+            f"/etc/{conf} is newer than console-setup's cache: every boot rebuilds the keymap"
+        )
+
+
 def test_deploy_outputs(built_image):
     assert built_image.xz.exists() and built_image.bmap.exists() and built_image.sha256.exists()
     with lzma.open(built_image.xz) as fh:

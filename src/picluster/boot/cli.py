@@ -57,13 +57,13 @@ def _defaults(args: argparse.Namespace) -> tuple[Path, Path, dict[str, Any]]:
 
 def _table(cluster: BootCluster, registered: dict[str, int], elapsed: float) -> Table:
     t = Table(title=f"picluster in QEMU — {elapsed:.0f} s", title_justify="left")
-    for col in ("VM", "address", "kernel", "multi-user", "cloud-init", "engines registered"):
+    for col in ("VM", "address", "kernel", "login", "cloud-init", "engines registered"):
         t.add_column(col)
     for vm in cluster.vms:
         seen = vm.update_phases()
         cells = [
             f"{seen[p]:.0f} s" if p in seen else "…"
-            for p in ("kernel", "multi-user", "cloud-init done")
+            for p in ("kernel", "login prompt", "cloud-init done")
         ]
         reg = registered.get(vm.name)
         t.add_row(vm.name, cluster._lan_address(vm.index), *cells, str(reg) if reg else "…")

@@ -2,7 +2,7 @@
 
 Phase by phase, each with a deadline: seeds (``picluster cards``), one card
 image per VM (``picluster seed``), the LAN, QEMU, then what each VM reaches
-(kernel, multi-user, cloud-init done from its serial console; role and
+(kernel, login prompt, cloud-init done from its serial console; role and
 registered engines from ``picluster status`` run on the VM LAN with the
 build's secret). Everything is torn down in ``close()``, also on errors and
 Ctrl-C; serial logs stay in the work directory.

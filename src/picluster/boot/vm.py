@@ -26,7 +26,6 @@ KERNEL_CMDLINE = (
 # serial-console markers, in boot order: (phase, pattern)
 PHASES: tuple[tuple[str, re.Pattern[str]], ...] = (
     ("kernel", re.compile(r"Linux version \d")),
-    ("multi-user", re.compile(r"Reached target .*(Multi-User System|multi-user)")),
     ("login prompt", re.compile(r"\S+ login: ")),
     ("cloud-init done", re.compile(r"Cloud-init v\. \S+ finished at")),
 )

@@ -218,6 +218,10 @@ update-locale LANG={settings.locale}
 ln -sf /usr/share/zoneinfo/{settings.timezone} /etc/localtime
 echo '{settings.timezone}' > /etc/timezone
 sed -i 's/^XKBLAYOUT=.*/XKBLAYOUT="{settings.keyboard_keymap}"/' /etc/default/keyboard || true
+# console-setup.service rebuilds its keymap cache at every boot when
+# /etc/default/keyboard is newer than the cache (2 min of perl per boot under
+# emulation, seconds on a Pi): rebuild it here, once.
+setupcon --force --save-only
 # Networking by systemd-networkd (cloud-init renders the seed's network-config).
 systemctl enable systemd-networkd.service systemd-resolved.service
 systemctl enable avahi-daemon.service ssh.service
