@@ -107,19 +107,3 @@ def test_mbr_parsing_matches_sfdisk(test_image):
     assert [(p.start // 512, p.size // 512) for p in parts] == [
         (t["start"], t["size"]) for t in table
     ]
-
-
-BUILT = sorted(Path("/work/main/deploy").glob("*.img.xz")) + sorted(
-    Path(__file__).parents[2].joinpath("deploy").glob("*.img.xz")
-)
-
-
-@pytest.mark.skipif(not BUILT, reason="no deploy/*.img.xz from the image tier")
-def test_seed_the_built_image(tmp_path, card):
-    image = BUILT[0]
-    out = tmp_path / "card.img"
-    assert main(["seed", str(image), "--card", str(card), "-o", str(out)]) == 0
-    part = bootfs.boot_partition(out)
-    for name in SEED:
-        assert images.mtype(out, part.start, name) == (card / name).read_bytes()
-    images.fsck_vfat(out, part.start, part.size, tmp_path)

@@ -10,6 +10,9 @@ import subprocess
 import pytest
 
 from picluster.cards import bootfs
+from picluster.cli import main
+from tests.cards import images
+from tests.cards.conftest import card  # noqa: F401  (fixture)
 from tests.image.conftest import mounted_partitions
 
 pytestmark = [pytest.mark.root, pytest.mark.image]
@@ -167,3 +170,13 @@ def test_deploy_outputs(built_image):
     assert manifest["venv"]["ipyparallel"].startswith("9.")
     assert "stage-cluster (pi-gen contract)" in manifest["step_seconds"]
     print(json.dumps(manifest["sizes_bytes"]), built_image.xz.stat().st_size)
+
+
+def test_seed_the_built_image(built_image, tmp_path, card):  # noqa: F811
+    """``picluster seed`` straight from the deploy's .img.xz, as a user flashes it."""
+    out = tmp_path / "card.img"
+    assert main(["seed", str(built_image.xz), "--card", str(card), "-o", str(out)]) == 0
+    part = bootfs.boot_partition(out)
+    for name in ("user-data", "meta-data", "network-config"):
+        assert images.mtype(out, part.start, name) == (card / name).read_bytes()
+    images.fsck_vfat(out, part.start, part.size, tmp_path)
