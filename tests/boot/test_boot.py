@@ -91,6 +91,16 @@ def missing_phase(cluster: BootCluster, phase: str) -> str:
     return ", ".join(vm.name for vm in cluster.vms if phase not in vm.seen)
 
 
+def ssh_ok(cluster: BootCluster, index: int, command: str, accept: tuple[int, ...] = (0,)) -> str:
+    """``command``'s output on VM ``index`` over ssh with the seed's key, retried while the
+    emulated VM is slow to answer, until it exits with a code in ``accept``."""
+    proc = wait_for(
+        lambda: (p := cluster.ssh(index, command, 300)).returncode in accept and p,
+        900, f"{cluster.vms[index].name}: ssh with the seed's key never ran `{command}`",
+    )  # fmt: skip
+    return proc.stdout
+
+
 def test_first_boot_forms_the_cluster(booted):
     cluster = booted
     try:
@@ -110,11 +120,9 @@ def test_first_boot_forms_the_cluster(booted):
         raise AssertionError(f"{exc}: {cluster.registered()} (want {want})") from None
     record_phases(cluster, "first boot")
     for vm in cluster.vms:
-        proc = wait_for(
-            lambda vm=vm: (p := cluster.ssh(vm.index, IDENTITY, 300)).returncode in (0, 2) and p,
-            900, f"{vm.name}: ssh with the seed's key never worked",
-        )  # fmt: skip
-        out = proc.stdout
+        # Exit 2 (a usage or state error of the last command) is not retried: the
+        # assertions below say what is wrong from the output.
+        out = ssh_ok(cluster, vm.index, IDENTITY, accept=(0, 2))
         assert "status: done" in out, f"{vm.name}: cloud-init not done cleanly:\n{out}"
         assert "errors: []" in out or "error" not in out.split("status: done")[1].lower(), out
         lines = out.strip().splitlines()
@@ -198,15 +206,6 @@ def test_jupyterlab_requires_the_token(booted, tmp_path):
         capture_output=True, text=True, check=True,
     ).stdout.strip().split("token=")[1]  # fmt: skip
     assert get(f"/api/contents?token={token}") == 200
-
-
-def ssh_ok(cluster: BootCluster, index: int, command: str) -> str:
-    """``command``'s output on VM ``index``, retried while the emulated VM is slow to answer."""
-    proc = wait_for(
-        lambda: (p := cluster.ssh(index, command, 300)).returncode == 0 and p,
-        900, f"{cluster.vms[index].name}: `{command}` never succeeded over ssh",
-    )  # fmt: skip
-    return proc.stdout
 
 
 def test_second_boot_forms_again_without_first_boot_work(booted):

@@ -10,6 +10,7 @@ import subprocess
 import pytest
 
 from picluster.cards import bootfs
+from picluster.cards.seeds import SEED_FILES
 from picluster.cli import main
 from tests.cards import images
 from tests.cards.conftest import card  # noqa: F401  (fixture)
@@ -177,6 +178,6 @@ def test_seed_the_built_image(built_image, tmp_path, card):  # noqa: F811
     out = tmp_path / "card.img"
     assert main(["seed", str(built_image.xz), "--card", str(card), "-o", str(out)]) == 0
     part = bootfs.boot_partition(out)
-    for name in ("user-data", "meta-data", "network-config"):
+    for name in SEED_FILES:
         assert images.mtype(out, part.start, name) == (card / name).read_bytes()
     images.fsck_vfat(out, part.start, part.size, tmp_path)
