@@ -24,7 +24,9 @@ def pytest_collection_modifyitems(items):
             item.add_marker(pytest.mark.cluster)
 
 
-@pytest.fixture(scope="session")
+# Package scope: the cluster is stopped when the Jupyter tier ends, not when
+# the whole session does (it used to stay up through the image build).
+@pytest.fixture(scope="package")
 def jcluster(tmp_path_factory):
     if os.geteuid() != 0:
         pytest.skip("the Jupyter tier needs root (network namespaces)")

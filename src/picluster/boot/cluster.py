@@ -23,6 +23,7 @@ from typing import Any
 
 from picluster.boot import lan as lan_mod
 from picluster.boot import vm as vm_mod
+from picluster.boot.vm import PROBE, VMState
 from picluster.cards import bootfs
 
 PY = [sys.executable, "-m", "picluster"]
@@ -167,6 +168,7 @@ class BootCluster:
             self.log(f"{vm.name}: QEMU started ({vm.cpus} vCPU, {vm.memory_mb} MiB)")
 
     def power_cycle(self) -> None:
+        self._close_ssh()
         for vm in self.vms:
             vm.stop()
         assert self.lan
@@ -188,17 +190,74 @@ class BootCluster:
             out = exc.stdout.decode() if isinstance(exc.stdout, bytes) else exc.stdout or ""
             return subprocess.CompletedProcess(argv, 124, out, f"timed out after {timeout:.0f} s")
 
+    def _control_path(self, host_index: int) -> Path:
+        return self.work / f"ssh-{host_index}.ctl"
+
     def ssh(
         self, host_index: int, command: str, timeout: float = 120.0
     ) -> subprocess.CompletedProcess[str]:
+        """``command`` on a VM as the first user. One master connection per VM is
+        kept for a minute, so polling an emulated VM does not pay a key exchange
+        (seconds of its emulated CPU) every time."""
         assert self.key
         return self.in_lan(
             [
                 "ssh", "-i", str(self.key), *SSH_OPTIONS,
+                "-o", "ControlMaster=auto", "-o", "ControlPersist=60",
+                "-o", f"ControlPath={self._control_path(host_index)}",
                 f"{self.user}@{self._lan_address(host_index)}", command,
             ],
             timeout=timeout,
         )  # fmt: skip
+
+    def probe(self, host_index: int, timeout: float = 120.0) -> VMState | None:
+        """The VM's own view of its boot, or None while it does not answer ssh."""
+        proc = self.ssh(host_index, PROBE, timeout)
+        return VMState.parse(proc.stdout) if proc.returncode == 0 else None
+
+    def observe(self, old_boots: dict[str, str] | None = None) -> list[vm_mod.VM]:
+        """Probe every VM once; return the VMs that are not ready yet.
+
+        ``old_boots`` (name -> boot id) makes answers from an earlier boot of
+        the same VM count as no answer, so a power cycle cannot be mistaken
+        for a finished boot. Raises BootError when a VM's QEMU has exited.
+        """
+        pending = []
+        for vm in self.vms:
+            if not vm.alive():
+                raise BootError(f"{vm.name}: QEMU exited; serial log {vm.serial_log}")
+            vm.update_phases()
+            state = self.probe(vm.index, timeout=60)
+            if state and old_boots and state.boot_id == old_boots.get(vm.name):
+                state = None
+            vm.observe(state)
+            if not (state and state.ready):
+                pending.append(vm)
+        return pending
+
+    def wait_ready(self, deadline: float, old_boots: dict[str, str] | None = None) -> None:
+        """Until every VM says it is booted, cloud-init finished and the agent runs."""
+        end = time.monotonic() + deadline
+        while pending := self.observe(old_boots):
+            if time.monotonic() > end:
+                detail = "; ".join(
+                    f"{vm.name}: {vm.state.summary() if vm.state else 'no answer over ssh'}"
+                    for vm in pending
+                )
+                raise BootError(f"after {deadline:.0f} s, not ready: {detail}")
+            time.sleep(10)
+
+    def boot_ids(self) -> dict[str, str]:
+        return {vm.name: vm.state.boot_id for vm in self.vms if vm.state}
+
+    def _close_ssh(self) -> None:
+        for vm in self.vms:
+            control = self._control_path(vm.index)
+            if control.exists() and self.lan:
+                self.in_lan(
+                    ["ssh", "-o", f"ControlPath={control}", "-O", "exit", "unused"], timeout=10
+                )
+            control.unlink(missing_ok=True)
 
     def status(self) -> dict[str, Any] | None:
         """``picluster status --json`` as seen from the VM LAN, with the build's secret."""
@@ -243,6 +302,7 @@ class BootCluster:
         self.helpers.append(outer)
 
     def close(self) -> None:
+        self._close_ssh()
         for vm in self.vms:
             vm.stop()
         for helper in self.helpers:

@@ -10,6 +10,7 @@ The serial console goes to a log file that is kept when something fails.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import signal
@@ -23,12 +24,101 @@ KERNEL_CMDLINE = (
     "systemd.show_status=1 net.ifnames=0 fsck.repair=yes"
 )
 
-# serial-console markers, in boot order: (phase, pattern)
+# Serial-console markers, in boot order: (phase, pattern). Figures only: the
+# console shows what systemd and getty chose to print, not always every line.
 PHASES: tuple[tuple[str, re.Pattern[str]], ...] = (
     ("kernel", re.compile(r"Linux version \d")),
     ("login prompt", re.compile(r"\S+ login: ")),
     ("cloud-init done", re.compile(r"Cloud-init v\. \S+ finished at")),
 )
+
+
+# What a VM says about itself, in one ssh round trip: readiness is read from
+# the VM (boot id, systemd, cloud-init, our units), never from console text,
+# which systemd and getty do not always print. Timestamps are the VM's own
+# monotonic clock (seconds since its kernel started). cloud-init's own state
+# files are read rather than `cloud-init status`: that command imports
+# cloud-init, which takes tens of seconds of an emulated CPU per poll.
+PROBE = r"""
+echo "boot_id=$(cat /proc/sys/kernel/random/boot_id)"
+echo "uptime=$(cut -d' ' -f1 /proc/uptime)"
+echo "system=$(systemctl is-system-running 2>/dev/null)"
+echo "cloud_init_started=$(test -e /run/cloud-init/status.json && echo yes)"
+echo "cloud_init_result=$(tr -d '\n' < /run/cloud-init/result.json 2>/dev/null)"
+echo "agent=$(systemctl is-active picluster-agent.service)"
+echo "failed=$(systemctl list-units --state=failed --plain --no-legend | awk '{print $1}' | xargs)"
+for unit in multi-user.target cloud-final.service picluster-agent.service; do
+    echo "t:$unit=$(systemctl show -p ActiveEnterTimestampMonotonic --value "$unit")"
+done
+"""
+
+
+@dataclass(frozen=True)
+class VMState:
+    """One VM's own view of its boot (see ``PROBE``)."""
+
+    boot_id: str
+    uptime: float
+    system: str
+    """``systemctl is-system-running``: starting, running, degraded, ..."""
+    cloud_init: str
+    """not started, running, done or error (from /run/cloud-init)."""
+    agent: str
+    failed: list[str]
+    reached: dict[str, float]
+    """unit -> seconds after the kernel started when it became active."""
+
+    @classmethod
+    def parse(cls, text: str) -> VMState | None:
+        values: dict[str, str] = {}
+        for line in text.splitlines():
+            key, sep, value = line.partition("=")
+            if sep:
+                values[key.strip()] = value.strip()
+        if "boot_id" not in values:
+            return None
+        reached = {}
+        for key, value in values.items():
+            if key.startswith("t:") and value.isdigit() and int(value) > 0:
+                reached[key[2:]] = int(value) / 1e6
+        try:
+            uptime = float(values.get("uptime", "0"))
+        except ValueError:
+            uptime = 0.0
+        cloud_init = "running" if values.get("cloud_init_started") else "not started"
+        if values.get("cloud_init_result"):
+            try:
+                result = json.loads(values["cloud_init_result"])
+                errors = result["v1"]["errors"]
+            except (ValueError, KeyError, TypeError):
+                errors = ["unreadable /run/cloud-init/result.json"]
+            cloud_init = "error" if errors else "done"
+        return cls(
+            boot_id=values["boot_id"],
+            uptime=uptime,
+            system=values.get("system", ""),
+            cloud_init=cloud_init,
+            agent=values.get("agent", ""),
+            failed=values.get("failed", "").split(),
+            reached=reached,
+        )
+
+    @property
+    def booted(self) -> bool:
+        """systemd finished starting (degraded included: the failed units are listed)."""
+        return self.system in ("running", "degraded")
+
+    @property
+    def ready(self) -> bool:
+        """Booted, cloud-init finished (cleanly or not) and our agent up."""
+        return self.booted and self.cloud_init in ("done", "error") and self.agent == "active"
+
+    def summary(self) -> str:
+        failed = f", failed units: {' '.join(self.failed)}" if self.failed else ""
+        return (
+            f"system {self.system or '?'}, cloud-init {self.cloud_init or '?'}, "
+            f"agent {self.agent or '?'}, up {self.uptime:.0f} s{failed}"
+        )
 
 
 @dataclass
@@ -47,6 +137,9 @@ class VM:
     process: subprocess.Popen[bytes] | None = None
     started: float = 0.0
     seen: dict[str, float] = field(default_factory=dict)
+    """Figures only: phase -> seconds after QEMU started (console markers, probes)."""
+    state: VMState | None = None
+    """What the VM last said about itself over ssh (this boot)."""
 
     def argv(self) -> list[str]:
         return [
@@ -70,6 +163,7 @@ class VM:
         self.serial_log.write_bytes(b"")
         self.started = time.monotonic()
         self.seen.clear()
+        self.state = None
         self.process = subprocess.Popen(
             [*wrap, *self.argv()],
             stdin=subprocess.DEVNULL,
@@ -86,6 +180,19 @@ class VM:
             return self.serial_log.read_text(errors="replace")
         except FileNotFoundError:
             return ""
+
+    def observe(self, state: VMState | None) -> None:
+        """Keep what the VM said about itself, and when each phase was first seen."""
+        if state is None:
+            return
+        self.state = state
+        now = time.monotonic() - self.started
+        marks = {"ssh answers": True, "booted": state.booted, "ready": state.ready}
+        for phase, reached in marks.items():
+            if reached and phase not in self.seen:
+                self.seen[phase] = now
+        for unit, at in state.reached.items():
+            self.seen.setdefault(f"{unit} (VM clock)", at)
 
     def update_phases(self) -> dict[str, float]:
         text = self.serial()
