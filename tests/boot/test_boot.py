@@ -20,7 +20,9 @@ from pathlib import Path
 import pytest
 
 from picluster.boot.cluster import PY, SSH_OPTIONS, BootCluster, BootError, wait_for
-from tests.image.conftest import DEPLOY, REPO, build_image
+from tests.harness import imagebuild
+from tests.harness.imagebuild import DEPLOY, REPO
+from tests.image.conftest import build_image
 
 pytestmark = [pytest.mark.root, pytest.mark.boot]
 
@@ -36,11 +38,10 @@ def booted(tmp_path_factory):
         pytest.skip("needs root")
     if not shutil.which("qemu-system-aarch64"):
         pytest.skip("qemu-system-aarch64 not installed (apt install qemu-system-arm)")
-    manifest = DEPLOY / "picluster.manifest.json"
-    if not manifest.exists():
-        os.environ["PICLUSTER_TEST_REUSE_IMAGE"] = "1"
+    # The image tier's build of this session, or (boot tier alone) the last one.
+    if imagebuild.started() or not imagebuild.MANIFEST.exists():
         build_image()
-    built = json.loads(manifest.read_text())
+    built = json.loads(imagebuild.MANIFEST.read_text())
     work = tmp_path_factory.mktemp("boot")
     cluster = BootCluster(
         image=Path(built["raw_image"]),

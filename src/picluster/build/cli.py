@@ -187,7 +187,7 @@ def _build(
             raw, pigen_commit = raspios.build(settings, STAGE_DIR, work, deploy_dir, stage_env, log)
         rootfs = None
     else:
-        with log.step("debian base (mmdebstrap, cached)"):
+        with log.step("debian base (mmdebstrap; reused when its inputs match)"):
             base_root = debian_base.ensure(settings, cache, native_root, log)
         rootfs = work / "stage-cluster" / "rootfs"
         with log.step("copy base"):

@@ -53,6 +53,11 @@ chroot "$1" dpkg-divert --quiet --local --rename --divert /usr/bin/py3compile.pi
 printf '#!/bin/sh\\n# picluster build: compiled natively later\\nexit 0\\n' \\
     > "$1/usr/bin/py3compile"
 chmod 755 "$1/usr/bin/py3compile"
+# Every initramfs-tools trigger in the bootstrap compresses the initrd under
+# emulation, by default at a high zstd level (minutes each time): level 1 here.
+# The initrd grows by a few MB; the Pi's firmware reads it once per boot.
+mkdir -p "$1/etc/initramfs-tools/conf.d"
+printf 'COMPRESS=zstd\\nCOMPRESSLEVEL=1\\n' > "$1/etc/initramfs-tools/conf.d/picluster"
 """
 
 FSTAB = """# <file system>  <mount point>    <type> <options>          <dump> <pass>
