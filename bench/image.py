@@ -3,6 +3,7 @@
     sudo .venv/bin/python -m bench.image steps            # from deploy/*.manifest.json
     sudo .venv/bin/python -m bench.image warm             # rebuild now (caches warm), then steps
     sudo .venv/bin/python -m bench.image sizes            # raw, xz, and what the stage adds (xz)
+    sudo .venv/bin/python -m bench.image levels 1 3 6     # xz time and size per level, one run
 
 "What the stage adds" compresses the stage's files (the venv, units, config)
 out of the stage's root file system with the image's xz level: it is the
@@ -70,6 +71,23 @@ def sizes(args: argparse.Namespace) -> None:
     )
 
 
+def levels(args: argparse.Namespace) -> None:
+    """The last build's raw image through ``xz -T0 -N`` for each level, side by side."""
+    raw = Path(manifest()["raw_image"])
+    print(f"{raw}: {raw.stat().st_size / MB:.0f} MB apparent, "
+          f"{raw.stat().st_blocks * 512 / MB:.0f} MB allocated")  # fmt: skip
+    print("| xz level | seconds | MB |\n| --- | --- | --- |")
+    for level in args.level:
+        t = time.monotonic()
+        with subprocess.Popen(["xz", "-T0", f"-{level}", "-c", str(raw)],
+                              stdout=subprocess.PIPE) as xz:  # fmt: skip
+            assert xz.stdout is not None
+            size = sum(len(chunk) for chunk in iter(lambda: xz.stdout.read(1 << 20), b""))
+        if xz.returncode != 0:
+            sys.exit(f"xz -{level} failed ({xz.returncode})")
+        print(f"| -{level} | {time.monotonic() - t:.0f} | {size / MB:.0f} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         prog="python -m bench.image",
@@ -77,11 +95,13 @@ def main() -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = parser.add_subparsers(dest="cmd", required=True)
-    for name, fn in (("steps", steps), ("warm", warm), ("sizes", sizes)):
+    for name, fn in (("steps", steps), ("warm", warm), ("sizes", sizes), ("levels", levels)):
         p = sub.add_parser(name)
         p.set_defaults(func=fn)
         if name == "sizes":
             p.add_argument("--level", type=int, help="xz level (default: the build's)")
+        if name == "levels":
+            p.add_argument("level", type=int, nargs="+", choices=range(10), help="xz levels")
     args = parser.parse_args()
     args.func(args)
 

@@ -3,6 +3,7 @@ controller restart. Needs root (network namespaces). Prints markdown.
 
     sudo .venv/bin/python -m bench.runtime all
     sudo .venv/bin/python -m bench.runtime formation --hosts 1 4 16 --engines 2 4
+    sudo .venv/bin/python -m bench.runtime curve --runs 3   # CurveZMQ on vs off
 
 Every ratio compares two measurements taken in the same run, one after the
 other, on the same machine.
@@ -183,6 +184,56 @@ def throughput(args: argparse.Namespace) -> None:
           f"ratio {theirs / ours:.2f}")  # fmt: skip
 
 
+FORMED_THEN_TASKS = (
+    POLL
+    + """
+view = rc.load_balanced_view()
+t = time.perf_counter()
+assert view.map_sync(lambda x: x, range({tasks})) == list(range({tasks}))
+result = (result, time.perf_counter() - t)
+"""
+)
+
+
+def curve_cost(hosts: int, per_node: int, tasks: int, curve: bool) -> tuple[float, float]:
+    """(formation seconds, tasks per second) of one cluster with ``curve`` on or off."""
+    tmp = Path(tempfile.mkdtemp(prefix="bench-"))
+    c = Cluster(tmp)
+    s = secret.generate()
+    setting = f"[cluster]\ncurve = {str(curve).lower()}\n"
+    try:
+        ctl = c.add("controller", setting + "[engines]\non_controller = 0\n", s, start=False)
+        nodes = [c.add(f"engine-{i}", setting + f"[engines]\nper_node = {per_node}\n", s,
+                       start=False) for i in range(1, hosts + 1)]  # fmt: skip
+        t0 = time.time()
+        for node in (ctl, *nodes):
+            node.start()
+        code = FORMED_THEN_TASKS.format(t0=t0, n=hosts * per_node, deadline=600, tasks=tasks)
+        formed, took = c.start_client(code, s, ctl.host.address, curve=curve).result(1200)
+        return formed, tasks / took
+    finally:
+        c.close()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def curve(args: argparse.Namespace) -> None:
+    """CurveZMQ on vs off, alternating in one run: formation and load-balanced throughput."""
+    runs: dict[bool, list[tuple[float, float]]] = {True: [], False: []}
+    for _ in range(args.runs):
+        for mode in (True, False):
+            runs[mode].append(curve_cost(args.hosts_n, args.per_node, args.tasks, mode))
+    n = args.hosts_n * args.per_node
+    print(f"{args.hosts_n} engine hosts x {args.per_node}, {args.tasks} tiny tasks, "
+          f"median of {args.runs} alternating runs\n")  # fmt: skip
+    print("| curve | formation (s) | tasks/s |\n| --- | --- | --- |")
+    med = {m: (statistics.median(f for f, _ in r), statistics.median(t for _, t in r))
+           for m, r in runs.items()}  # fmt: skip
+    for mode in (True, False):
+        print(f"| {'on' if mode else 'off'} | {med[mode][0]:.1f} | {med[mode][1]:.0f} |")
+    print(f"\n{n} engines: formation on/off {med[True][0] / med[False][0]:.2f}, "
+          f"throughput on/off {med[True][1] / med[False][1]:.2f}")  # fmt: skip
+
+
 def restart(args: argparse.Namespace) -> None:
     tmp = Path(tempfile.mkdtemp(prefix="bench-"))
     c = Cluster(tmp)
@@ -222,7 +273,7 @@ def main() -> None:
     p = sub.add_parser("discovery")
     p.add_argument("--runs", type=int, default=10)
     p.set_defaults(func=discovery)
-    for name, func in (("throughput", throughput), ("restart", restart)):
+    for name, func in (("throughput", throughput), ("restart", restart), ("curve", curve)):
         p = sub.add_parser(name)
         p.add_argument("--hosts-n", type=int, default=4)
         p.add_argument("--per-node", type=int, default=2)

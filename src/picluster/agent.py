@@ -54,6 +54,8 @@ def check(paths: Paths) -> Setup:
         cfg = config.load(paths.config)
         host = hostname()
         decision = roles.decide(host, cfg)
+        # The file itself, even when systemd hands the service a private copy.
+        secret.check_private(paths.secret)
         keys = secret.Keys.derive(secret.load(secret.credential_path(paths.secret)))
     except (config.ConfigError, roles.RoleError, secret.SecretError) as exc:
         raise StartupError(str(exc)) from None

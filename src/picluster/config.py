@@ -15,7 +15,7 @@ import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 DNS_LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 PORTS_USED = 30
@@ -35,8 +35,9 @@ class ClusterSection(_Section):
     base_port: Annotated[int, Field(ge=1024, le=65535 - PORTS_USED)] = 47000
     controller: str = ""
     """Static controller address: skips mDNS discovery (networks that block multicast)."""
-    curve: bool = False
-    """Encrypt ipyparallel traffic with CurveZMQ (keys derived from the secret)."""
+    curve: bool = True
+    """Encrypt ipyparallel traffic with CurveZMQ (keys derived from the secret); false
+    sends it in clear on the LAN (anyone there can read engine output), and doctor warns."""
 
     @field_validator("name")
     @classmethod
@@ -98,26 +99,28 @@ class EnginesSection(_Section):
         return _count(value)
 
 
-class ControllerSection(_Section):
-    listen: str = "0.0.0.0"
-    """Address ipcontroller binds; "0.0.0.0" = every interface (the LAN)."""
+def _ipv4(value: str) -> str:
+    try:
+        ipaddress.IPv4Address(value)
+    except ValueError:
+        raise ValueError('must be an IPv4 address, e.g. "0.0.0.0" for every interface') from None
+    return value
 
-    @field_validator("listen")
-    @classmethod
-    def _listen(cls, value: str) -> str:
-        try:
-            ipaddress.IPv4Address(value)
-        except ValueError:
-            raise ValueError(
-                'must be an IPv4 address, e.g. "0.0.0.0" for every interface'
-            ) from None
-        return value
+
+IPv4Text = Annotated[str, AfterValidator(_ipv4)]
+"""An IPv4 address to bind, kept as text (the form ipcontroller and Jupyter take)."""
+
+
+class ControllerSection(_Section):
+    listen: IPv4Text = "0.0.0.0"
+    """Address ipcontroller binds; "0.0.0.0" = every interface (the LAN)."""
 
 
 class JupyterSection(_Section):
     enabled: bool = True
     port: Annotated[int, Field(ge=1, le=65535)] = 8888
-    ip: str = "0.0.0.0"
+    ip: IPv4Text = "0.0.0.0"
+    """Address JupyterLab binds; "0.0.0.0" = every interface (token or password required)."""
     user: str = ""
     """Who runs JupyterLab and gets ``ipp.Client()``: "" = the first user (uid 1000)."""
     password_hash: str = ""

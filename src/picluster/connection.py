@@ -54,7 +54,7 @@ def _common(keys: Keys, location: str, curve: bool) -> dict[str, Any]:
 
 
 def engine_info(
-    address: str, base_port: int, keys: Keys, location: str = "", curve: bool = False
+    address: str, base_port: int, keys: Keys, *, curve: bool, location: str = ""
 ) -> dict[str, Any]:
     info: dict[str, Any] = {"ssh": "", "interface": f"tcp://{address}"}
     info.update({name: base_port + off for name, off in ENGINE_PORTS.items()})
@@ -64,7 +64,7 @@ def engine_info(
 
 
 def client_info(
-    address: str, base_port: int, keys: Keys, location: str = "", curve: bool = False
+    address: str, base_port: int, keys: Keys, *, curve: bool, location: str = ""
 ) -> dict[str, Any]:
     info: dict[str, Any] = {"ssh": "", "interface": f"tcp://{address}"}
     for name, off in CLIENT_PORTS.items():

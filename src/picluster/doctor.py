@@ -126,9 +126,22 @@ def check_ports(cfg: config.Config | None, paths: Paths) -> Check:
     )
 
 
+def check_encryption(cfg: config.Config | None) -> Check:
+    if cfg is None or cfg.cluster.curve:
+        return Check("encryption", Level.OK, "CurveZMQ (keys derived from the secret)")
+    return Check(
+        "encryption",
+        Level.WARN,
+        "curve = false: the cluster's traffic (engine output, results) crosses the LAN in "
+        "clear and anyone there can read it. Fix: remove 'curve = false' from [cluster] "
+        "on every card",
+    )
+
+
 def run_checks(paths: Paths) -> list[Check]:
     cfg_check, cfg = check_config(paths)
     checks = [cfg_check, check_role(cfg, paths.config), check_secret(paths), check_multicast()]
+    checks.append(check_encryption(cfg))
     role_ok = checks[1].level is Level.OK and cfg is not None
     if role_ok and cfg is not None and roles.decide(hostname(), cfg).role is roles.Role.CONTROLLER:
         checks.append(check_ports(cfg, paths))

@@ -52,6 +52,8 @@ def resolve_count(value: int | str) -> int:
 def engine_env(info: dict[str, Any], keys: Keys, config: Config, paths: Paths) -> dict[str, str]:
     # Nothing ipyparallel reads from the environment may leak in from our own.
     env = {k: v for k, v in os.environ.items() if not k.startswith("IPP_")}
+    # User code runs in the engines: it gets derived keys, never the way to the secret.
+    env.pop("CREDENTIALS_DIRECTORY", None)
     env["IPYTHONDIR"] = str(paths.ipython_dir)
     env["IPP_CONNECTION_INFO"] = json.dumps(info)
     env.update(client_environment(keys, config.cluster.curve))

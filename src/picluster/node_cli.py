@@ -7,11 +7,10 @@ import logging
 import os
 import pwd
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from picluster import config, roles, secret
-from picluster.connection import client_info, dumps
-from picluster.files import atomic_write_text
 from picluster.paths import Paths, hostname
 
 EX_CONFIG = 78
@@ -118,22 +117,53 @@ def cmd_client_file(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return EX_CONFIG
-    info = client_info(
-        "127.0.0.1", cfg.cluster.base_port, keys, location="127.0.0.1", curve=cfg.cluster.curve
-    )
-    security = (
-        Path(args.ipython_dir or Path(user.pw_dir) / ".ipython") / "profile_default" / "security"
-    )
-    target = security / "ipcontroller-client.json"
-    security.mkdir(mode=0o700, parents=True, exist_ok=True)
-    for directory in (security.parent.parent, security.parent, security):
-        if os.geteuid() == 0:
-            os.chown(directory, user.pw_uid, user.pw_gid)
-    atomic_write_text(target, dumps(info), mode=0o600)
-    if os.geteuid() == 0:
-        os.chown(target, user.pw_uid, user.pw_gid)
+    from picluster import clusterfile, jupyter  # ipyparallel: only this command needs it
+
+    ipdir = args.ipython_dir or Path(user.pw_dir) / ".ipython"
+    target = clusterfile.security_dir(ipdir) / clusterfile.CLIENT_FILE
+    try:
+        if os.geteuid() == 0 and user.pw_uid != 0:
+            # As the user, not as root: a symlink they planted in ~/.ipython then
+            # leads only where they could write anyway, and what is made is theirs.
+            as_user(user, lambda: jupyter.write_client_file(ipdir, cfg, keys))
+        else:
+            jupyter.write_client_file(ipdir, cfg, keys)
+    except OSError as exc:
+        print(
+            f"picluster: cannot write {target} as {user.pw_name}: {exc.strerror or exc}. Fix: "
+            f"make {ipdir} a directory {user.pw_name} owns (no symlink out of their home)",
+            file=sys.stderr,
+        )
+        return EX_CONFIG
     print(f"wrote {target} for {user.pw_name}")
     return 0
+
+
+def as_user(user: pwd.struct_passwd, work: Callable[[], object]) -> None:
+    """Run ``work`` in a child process with the user's uid, gid and groups; its OSError
+    comes back as an OSError here."""
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: never returns into the caller's code
+        os.close(read)
+        code = 0
+        try:
+            os.setgroups(os.getgrouplist(user.pw_name, user.pw_gid))
+            os.setgid(user.pw_gid)
+            os.setuid(user.pw_uid)
+            work()
+        except OSError as exc:
+            os.write(write, f"{exc.errno or 0} {exc.strerror or exc}".encode())
+            code = 1
+        finally:
+            os._exit(code)
+    os.close(write)
+    with os.fdopen(read, "rb") as fh:
+        report = fh.read().decode(errors="replace")
+    _, status = os.waitpid(pid, 0)
+    if os.waitstatus_to_exitcode(status) != 0:
+        errno_text, _, text = report.partition(" ")
+        raise OSError(int(errno_text or 0), text or "failed as that user")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

@@ -101,6 +101,27 @@ def check_permissions(path: Path) -> list[str]:
     return problems
 
 
+def check_private(path: Path, *, own: bool = False) -> None:
+    """Refuse a secret file other users can read or write; with ``own``, also one that
+    another user owns (it may be theirs, planted, not the cluster's). A file that is
+    absent or cannot be looked at is left to ``load``, whose message names the fix."""
+    try:
+        st = path.stat()
+    except OSError:
+        return
+    if own and st.st_uid != os.geteuid():
+        raise SecretError(
+            f"{path} is owned by uid {st.st_uid}, not by you (uid {os.geteuid()}): it may "
+            f"not be the cluster's secret. Fix: check it, then chown {os.geteuid()} {path} "
+            "and chmod 600, or name the right file."
+        )
+    if st.st_mode & 0o077:
+        raise SecretError(
+            f"{path} can be read or written by other users (mode "
+            f"{stat.S_IMODE(st.st_mode):04o}). Fix: chmod 600 {path}"
+        )
+
+
 def credential_path(default: Path) -> Path:
     """Where the secret is: systemd's credential copy first, else ``default``.
 

@@ -20,6 +20,7 @@ from typing import Any
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from picluster import config, secret
 from picluster.connection import client_info
@@ -154,15 +155,17 @@ def gather(paths: Paths, seconds: float) -> View:
 
 def render(view: View, console: Console | None = None) -> None:
     console = console or Console()
-    table = Table(title=f"cluster {view.cluster!r}  controller {view.controller or '-'}")
+    table = Table(title=escape(f"cluster {view.cluster!r}  controller {view.controller or '-'}"))
     for name in ("host", "address", "role", "engines", "registered", "problems"):
         table.add_column(name, justify="right" if name in ("engines", "registered") else "left")
     for row in view.hosts:
         registered = row.registered if row.registered is not None else f"{row.reported}*"
+        # Host, address and role come from mDNS records anyone can send: plain
+        # Text, never parsed as rich markup.
         table.add_row(
-            row.host,
-            row.address,
-            row.role,
+            Text(row.host),
+            Text(row.address),
+            Text(row.role),
             str(row.engines),
             str(registered),
             escape("; ".join(row.problems)) or "[green]ok[/green]",

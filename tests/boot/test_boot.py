@@ -169,6 +169,18 @@ def test_client_on_the_controller_runs_jobs_on_every_engine(booted):
     assert result["squares"] == [x * x for x in range(32)]
 
 
+def test_the_card_seed_is_readable_by_root_only(booted):
+    """user-data on the FAT partition holds the secret: a local user other than root
+    (here the daemon user ``nobody``) cannot read it; root can."""
+    out = ssh_ok(
+        booted, 1,
+        "sudo -u nobody cat /boot/firmware/user-data > /dev/null 2>&1; echo nobody=$?;"
+        " sudo cat /boot/firmware/user-data > /dev/null; echo root=$?",
+    )  # fmt: skip
+    assert "root=0" in out, out
+    assert "nobody=0" not in out, "any local user can read the card's secret"
+
+
 def test_ssh_refuses_passwords(booted):
     proc = booted.in_lan(
         ["ssh", *SSH_OPTIONS, "-o", "PubkeyAuthentication=no",

@@ -165,7 +165,7 @@ def test_partition_and_regular_file_are_refused(tmp_path, test_image, capsys):
 
 
 def test_verify_detects_a_changed_byte(tmp_path):
-    """verify() reads any path; a regular file shows that a mismatch is caught."""
+    """verify() reads any descriptor; a regular file shows that a mismatch is caught."""
     target = tmp_path / "written"
     data = os.urandom(3 << 20)
     target.write_bytes(data)
@@ -176,8 +176,12 @@ def test_verify_detects_a_changed_byte(tmp_path):
         os.fsync(fd)
     finally:
         os.close(fd)
-    with pytest.raises(flash.FlashError, match="verification failed"):
-        flash.verify(target, written, lambda n: None)
+    fd = os.open(target, os.O_RDONLY)
+    try:
+        with pytest.raises(flash.FlashError, match="verification failed"):
+            flash.verify(fd, target, written, lambda n: None)
+    finally:
+        os.close(fd)
 
 
 def test_image_not_matching_its_bmap(tmp_path, test_image):
@@ -193,3 +197,27 @@ def test_image_not_matching_its_bmap(tmp_path, test_image):
             flash.write_image(io.BytesIO(bytes(data)), fd, bmap, lambda n: None)
     finally:
         os.close(fd)
+
+
+@needs_root
+def test_a_name_repointed_during_the_prompt_is_not_followed(tmp_path, test_image, card):
+    """The device checked is the device written: the name is opened once, before the checks."""
+    with (
+        loop_device(tmp_path / "card", "96M") as good,
+        loop_device(tmp_path / "data-disk", "300G") as refused,
+    ):
+        name = tmp_path / "sdcard"
+        name.symlink_to(good)
+
+        def confirm(device: flash.Device, image: Path) -> bool:
+            name.unlink()
+            name.symlink_to(refused)  # what an attacker (or udev) could do meanwhile
+            return True
+
+        flash.flash(test_image.xz, name, card, confirm=confirm, progress_factory=quiet)
+        assert images.read_range(refused, 0, 1 << 20) == b"\0" * (1 << 20), "wrote the other"
+        check_card(good, card, test_image, tmp_path)
+
+
+def quiet() -> flash.Progress:
+    return flash.default_progress(flash.Console(file=io.StringIO()))

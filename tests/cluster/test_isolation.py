@@ -3,6 +3,7 @@ LAN never mix; a broken config starts nothing."""
 
 import json
 import re
+import subprocess
 import sys
 
 from picluster import secret
@@ -114,3 +115,55 @@ def test_second_controller_with_same_name_is_reported(cluster, cluster_secret):
     )  # fmt: skip
     row = next(h for h in json.loads(status.stdout)["hosts"] if h["host"] == "head")
     assert any("two controllers" in p for p in row["problems"]), row
+
+
+# A stranger on the LAN, without the secret, subscribes to the controller's
+# client-facing iopub port (base + 12) and listens while the cluster works.
+EAVESDROPPER = r"""
+import signal, sys, time, zmq
+signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # report what was heard, then go
+sub = zmq.Context().socket(zmq.SUB)
+sub.setsockopt(zmq.SUBSCRIBE, b"")
+sub.setsockopt(zmq.RCVTIMEO, 200)
+sub.connect(sys.argv[1])
+heard, deadline = b"", time.monotonic() + float(sys.argv[2])
+try:
+    while time.monotonic() < deadline and b"overheard" not in heard:
+        try:
+            heard += b"".join(sub.recv_multipart())
+        except zmq.Again:
+            pass
+finally:
+    print("HEARD" if b"overheard" in heard else "NOTHING", len(heard), flush=True)
+"""
+
+
+def test_a_stranger_on_the_lan_cannot_read_the_cluster_traffic(cluster, cluster_secret):
+    ctl = cluster.add("controller", CONTROLLER, cluster_secret)
+    cluster.add("engine-1", ENGINE, cluster_secret)
+    stranger = subprocess.Popen(
+        ["ip", "netns", "exec", cluster.client_host.ns, sys.executable, "-c", EAVESDROPPER,
+         f"tcp://{ctl.host.address}:{47000 + 12}", "150"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        printed = cluster.client(
+            """
+            rc.wait_for_engines(3, timeout=120)
+            ar = rc[:].apply_async(lambda: print("overheard", flush=True))
+            ar.get(timeout=60)
+            ar.wait_for_output(timeout=30)
+            result = [s.strip() for s in ar.stdout]
+            """,
+            cluster_secret,
+            ctl.host.address,
+        )
+        assert printed == ["overheard"] * 3, "the legitimate client must see the output"
+        stranger.terminate()
+        out, err = stranger.communicate(timeout=30)
+    finally:
+        if stranger.poll() is None:
+            stranger.kill()
+            stranger.communicate()
+    assert out.startswith(("HEARD", "NOTHING")), f"the eavesdropper did not report: {err}"
+    assert "HEARD" not in out, f"a stranger read engine output off the LAN: {out}"

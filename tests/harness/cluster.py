@@ -171,8 +171,9 @@ class Cluster:
         return node
 
     def start_client(
-        self, code: str, secret: bytes, controller: str, base_port: int = 47000
-    ) -> ClientRun:
+        self, code: str, secret: bytes, controller: str, base_port: int = 47000,
+        curve: bool = True,
+    ) -> ClientRun:  # fmt: skip
         """Start ``code`` with ``rc`` connected to the controller, in the client host.
 
         ``code`` sets ``result``, which comes back JSON-decoded from ``ClientRun.result``.
@@ -189,7 +190,8 @@ class Cluster:
             from picluster.connection import client_info
             keys = secret.Keys.derive(secret.load(Path({str(key_file)!r})))
             Path({str(key_file)!r}).unlink()
-            info = client_info({controller!r}, {base_port}, keys, location={controller!r})
+            info = client_info({controller!r}, {base_port}, keys, location={controller!r},
+                               curve={curve!r})
             rc = ipp.Client(info, timeout=60)
             result = None
             """

@@ -50,6 +50,8 @@ def test_fstab_mounts_both_by_label(image_root):
     root, _, _ = image_root
     fstab = (root / "etc/fstab").read_text()
     assert "LABEL=rootfs" in fstab and "LABEL=bootfs" in fstab and "/boot/firmware" in fstab
+    boot = next(line.split() for line in fstab.splitlines() if "/boot/firmware" in line)
+    assert "fmask=0077" in boot[3] and "dmask=0077" in boot[3], "the seed (secret) is root's"
 
 
 def test_boot_partition_has_firmware_kernel_and_seed_examples(built_image, image_root):
@@ -100,6 +102,9 @@ def test_secret_is_root_only_and_matches_deploy(image_root, built_image):
     assert (st.st_uid, st.st_gid) == (0, 0)
     assert secret.read_text().strip() == built_image.secret.read_text().strip()
     assert stat.S_IMODE(built_image.secret.stat().st_mode) == 0o600
+    # The image and the build's scratch hold the same secret.
+    assert stat.S_IMODE(built_image.xz.stat().st_mode) == 0o600
+    assert stat.S_IMODE(built_image.raw.parent.stat().st_mode) == 0o700
 
 
 def test_nobody_has_a_password(image_root):

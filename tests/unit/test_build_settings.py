@@ -37,6 +37,10 @@ def test_extra_fragment_and_environment_override(tmp_path, monkeypatch):
         ("PICLUSTER_ENGINES_PER_NODE=many\n", "'auto' (one per core) or a whole number"),
         ("COMPRESSION_LEVEL=12\n", "COMPRESSION_LEVEL"),
         ("if then\n", "bash could not source it"),
+        ('TIMEZONE_DEFAULT="Europe/London; reboot"\n', "not a time zone name"),
+        ("LOCALE_DEFAULT='en_GB.UTF-8 $(id)'\n", "not a locale name"),
+        ("KEYBOARD_KEYMAP='gb\nrm -rf /'\n", "not a keymap name"),
+        ('TARGET_HOSTNAME="Not A Hostname!"\n', "not a hostname"),
     ],
 )
 def test_bad_settings_name_file_variable_and_fix(tmp_path, text, expected):
@@ -83,3 +87,13 @@ def test_image_plan_is_aligned_like_raspberry_pi_os():
     assert layout.root_start == layout.boot_start + layout.boot_size
     assert layout.root_size % (4 << 20) == 0
     assert layout.root_size > 1_000_000_000 + (512 << 20)
+
+
+def test_the_boot_partition_is_mounted_for_root_only():
+    from picluster.build.overlay import private_bootfs
+
+    pigen = "PARTUUID=1234-01  /boot/firmware  vfat  defaults,fmask=0022  0  2\n# /boot/firmware\n"
+    once = private_bootfs(pigen)
+    assert once.splitlines()[0].split()[3] == "defaults,fmask=0077,dmask=0077"
+    assert once.splitlines()[1] == "# /boot/firmware"
+    assert private_bootfs(once) == once

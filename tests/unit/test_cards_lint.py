@@ -249,3 +249,32 @@ def test_lint_never_prints_the_secret(seed, capsys):
     main(["lint", "-v", str(seed)])
     printed = capsys.readouterr()
     assert hexed[:-2] not in printed.out + printed.err
+
+
+@pytest.mark.parametrize(
+    ("bad", "why"),
+    [
+        ("ssh-ed25519 AAAA...replace-with-your-public-key you@laptop", "not base64"),
+        ("ssh-rsa", "bare 'ssh-rsa'"),
+        ("ssh-rsa " + KEY.split()[1], "not a ssh-rsa key"),
+    ],
+)
+def test_ssh_key_that_can_never_log_in(seed, bad, why):
+    edit(seed, "user-data", KEY, bad)
+    f = only(seed, "ssh-key")
+    assert f.line == line_of(seed, "user-data", bad.split()[-1]) and f.severity == "error"
+    assert why in f.message and "Fix:" in f.message
+
+
+@pytest.mark.parametrize(
+    ("entry", "why"),
+    [
+        ("ssh-ed25519 AAAA...replace-with-your-public-key", "not base64"),
+        ("ssh-rsa", "the key itself is missing"),
+        (KEY + "\nssh-rsa AAAAB3NzaC1yc2E", "line break"),
+        ("ssh-rsa " + KEY.split()[1], "names another type"),
+    ],
+)
+def test_cards_refuses_a_key_that_can_never_log_in(entry, why):
+    with pytest.raises(manifest.ManifestError, match=r"ssh_keys\[0\]: the key .*" + why):
+        manifest.read_ssh_keys([entry], Path(), "m.toml")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import stat
 from pathlib import Path
 
@@ -146,9 +147,12 @@ def test_generated_seeds_lint_clean(tmp_path, spec):
 
 
 def test_seed_files_modes(tmp_path):
-    seed = seeds.render(loaded("engines = 0\n"), secret.generate())[0]
+    seed = seeds.render(loaded(FULL), secret.generate())[0]
     seed.write(tmp_path)
     assert stat.S_IMODE((tmp_path / "user-data").stat().st_mode) == 0o600
+    # The Wi-Fi PSK is enough to join the network.
+    assert "password" in (tmp_path / "network-config").read_text()
+    assert stat.S_IMODE((tmp_path / "network-config").stat().st_mode) == 0o600
     assert stat.S_IMODE((tmp_path / "meta-data").stat().st_mode) == 0o644
 
 
@@ -185,6 +189,29 @@ def test_generated_secret_is_reused_on_rerun(tmp_path, capsys):
     assert secret.load(tmp_path / "lab.secret") == first
     data = yaml.safe_load((out / "engine-1" / "user-data").read_text())
     assert secret.parse(data["write_files"][0]["content"]) == first
+
+
+@pytest.mark.parametrize(
+    ("mode", "owner", "expected"),
+    [(0o644, None, "chmod 600"), (0o640, None, "chmod 600"), (0o600, 65534, "owned by uid 65534")],
+)
+def test_generate_refuses_a_secret_file_others_could_have_planted(
+    tmp_path, capsys, mode, owner, expected
+):
+    """A file beside the output that another user owns or could read is not reused."""
+    path = write_manifest(tmp_path, "engines = 1\n")
+    planted = tmp_path / "lab.secret"
+    planted.write_text("00" * 32 + "\n")
+    planted.chmod(mode)
+    if owner is not None:
+        if os.geteuid() != 0:
+            pytest.skip("chown needs root")
+        os.chown(planted, owner, -1)
+    out = tmp_path / "cards"
+    assert main(["cards", str(path), "--out", str(out)]) == 78
+    err = capsys.readouterr().err
+    assert str(planted) in err and expected in err, err
+    assert not out.exists(), "no card may be written with a secret that was not ours"
 
 
 def test_secret_from_build_file(tmp_path):

@@ -52,6 +52,8 @@ def test_dumps_round_trips():
             "[jupyter]\npassword_hash = 'hunter2'\n",
             f"{SRC}: [jupyter] password_hash: must be a hash, never a plain password",
         ),
+        ("[controller]\nlisten = 'lan'\n", f"{SRC}: [controller] listen: must be an IPv4"),
+        ("[jupyter]\nip = 'my pi'\n", f"{SRC}: [jupyter] ip: must be an IPv4 address"),
         ("[cluster\n", f"{SRC}: not valid TOML"),
     ],
 )

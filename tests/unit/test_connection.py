@@ -113,3 +113,15 @@ def test_key_is_not_on_the_command_line():
     keys = secret.Keys.derive(bytes(32))
     argv = " ".join(engine_argv("picluster:h:0:x", cfg))
     assert keys.ipp_key not in argv
+
+
+def test_engines_do_not_inherit_the_way_to_the_secret(tmp_path, monkeypatch):
+    """Code run on an engine sees derived keys, not systemd's credential directory."""
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", "/run/credentials/picluster-agent.service")
+    monkeypatch.setenv("IPP_CONNECTION_FILE", "/elsewhere.json")
+    cfg = config.Config()
+    keys = secret.Keys.derive(bytes(32))
+    paths = Paths(tmp_path / "c.toml", tmp_path / "s", tmp_path / "state")
+    env = engine_env(engine_info("127.0.0.1", 47000, keys, curve=True), keys, cfg, paths)
+    assert "CREDENTIALS_DIRECTORY" not in env and "IPP_CONNECTION_FILE" not in env
+    assert bytes(32).hex() not in "".join(env.values())

@@ -25,6 +25,13 @@ def test_healthy_node(paths):
     assert checks["secret"].level is Level.OK and "fingerprint" in checks["secret"].message
 
 
+def test_encryption_is_on_by_default_and_off_is_a_warning(paths):
+    assert by_name(doctor.run_checks(paths))["encryption"].level is Level.OK
+    paths.config.write_text("[cluster]\ncurve = false\n")
+    check = by_name(doctor.run_checks(paths))["encryption"]
+    assert check.level is Level.WARN and "in clear" in check.message and "Fix:" in check.message
+
+
 def test_open_secret_fails_with_fix(paths):
     paths.secret.chmod(0o644)
     check = by_name(doctor.run_checks(paths))["secret"]

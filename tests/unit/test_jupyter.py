@@ -76,7 +76,9 @@ def test_prepare_writes_private_files_and_keeps_the_token_off_argv(monkeypatch, 
 
     security = home / ".ipython" / "profile_default" / "security"
     client = json.loads((security / "ipcontroller-client.json").read_text())
-    assert client["registration"] == 48000 and client["key"] == KEYS.ipp_key
+    # CurveZMQ by default: the server key, derived from the secret, instead of an HMAC key.
+    assert client["registration"] == 48000
+    assert client["curve_serverkey"] == KEYS.curve().server_public.decode()
     assert client["interface"] == "tcp://127.0.0.1"
     for private in (
         launch.config_file,
@@ -151,7 +153,8 @@ def test_engine_counter_waits_for_an_absent_hub(tmp_path):
     from picluster.connection import client_info, dumps
 
     client = tmp_path / "client.json"
-    client.write_text(dumps(client_info("127.0.0.1", 1, KEYS)))  # nothing listens on port 1
+    # nothing listens on port 1
+    client.write_text(dumps(client_info("127.0.0.1", 1, KEYS, curve=True)))
     counter = clusterfile.EngineCounter(client)
     counter.CONNECT_TIMEOUT = 0.2
     counter.start()

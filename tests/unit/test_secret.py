@@ -3,6 +3,7 @@ import stat
 import pytest
 
 from picluster import secret
+from picluster.cli import main
 from picluster.secret import Keys, SecretError
 
 
@@ -81,3 +82,27 @@ def test_credential_directory_wins(tmp_path, monkeypatch):
     secret.write(creds / "picluster-secret", bytes(32))
     monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(creds))
     assert secret.credential_path(tmp_path / "x") == creds / "picluster-secret"
+
+
+def test_agent_refuses_a_secret_other_users_can_read(tmp_path, monkeypatch, caplog):
+    """The service does not start on a secret that is no longer one (exit 78, the fix)."""
+    monkeypatch.setenv("PICLUSTER_HOSTNAME", "engine-1")
+    monkeypatch.delenv("CREDENTIALS_DIRECTORY", raising=False)
+    path = tmp_path / "secret"
+    secret.write(path, secret.generate())
+    path.chmod(0o644)
+    argv = ["agent", "--config", str(tmp_path / "absent.toml"), "--secret", str(path),
+            "--state-dir", str(tmp_path / "state")]  # fmt: skip
+    assert main(argv) == 78
+    assert f"chmod 600 {path}" in caplog.text
+    assert not (tmp_path / "state").exists(), "the agent did something before refusing"
+
+
+def test_private_secret_check_names_owner_and_mode(tmp_path):
+    path = tmp_path / "s"
+    secret.write(path, secret.generate())
+    secret.check_private(path, own=True)  # ours, 0600: accepted
+    path.chmod(0o640)
+    with pytest.raises(secret.SecretError, match="mode 0640"):
+        secret.check_private(path)
+    secret.check_private(tmp_path / "absent")  # left to load(), which names the fix

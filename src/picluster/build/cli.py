@@ -124,6 +124,8 @@ def cmd_build(args: argparse.Namespace) -> int:
             print(f"  - {p}", file=sys.stderr)
         return 2
     work.mkdir(parents=True, exist_ok=True)
+    # The root file system and the raw image in it hold the cluster secret.
+    work.chmod(0o700)
     deploy_dir.mkdir(parents=True, exist_ok=True)
     log = StepLog(work / "build.log")
     log.write(f"\n##### build started {datetime.now(UTC).isoformat()} #####")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -27,7 +28,9 @@ def compress(image: Path, deploy: Path, level: int, log: StepLog) -> Path:
     """Write ``<image>.xz`` into ``deploy`` atomically; the raw image stays in the work dir."""
     out = deploy / f"{image.name}.xz"
     partial = out.with_name(out.name + ".partial")
-    with partial.open("wb") as fh:
+    partial.unlink(missing_ok=True)
+    # The image holds the cluster secret: as private as deploy/<name>.secret.
+    with os.fdopen(os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as fh:
         log.write(f"$ xz -T0 -{level} -c {image} > {partial}")
         subprocess.run(["xz", "-T0", f"-{level}", "-c", str(image)], stdout=fh, check=True)
     partial.replace(out)

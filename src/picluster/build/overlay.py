@@ -57,6 +57,24 @@ def cluster_toml() -> str:
     return text
 
 
+BOOTFS_PRIVATE = "fmask=0077,dmask=0077"
+"""The card seed on /boot/firmware holds the cluster secret (and maybe a Wi-Fi
+password): FAT has no owners, so the mount options keep it root's."""
+
+
+def private_bootfs(fstab: str) -> str:
+    """``fstab`` with the /boot/firmware entry readable by root only (idempotent)."""
+    lines = []
+    for line in fstab.splitlines():
+        fields = line.split()
+        if len(fields) >= 4 and not line.lstrip().startswith("#") and fields[1] == "/boot/firmware":
+            options = [o for o in fields[3].split(",") if not o.startswith(("fmask=", "dmask="))]
+            fields[3] = ",".join([*options, BOOTFS_PRIVATE])
+            line = "  ".join(fields)
+        lines.append(line)
+    return "\n".join(lines) + "\n"
+
+
 def apply(rootfs: Path, files: Path) -> None:
     if not (rootfs / "usr").is_dir():
         raise OverlayError(f"{rootfs}: not a root file system")
@@ -80,6 +98,9 @@ def apply(rootfs: Path, files: Path) -> None:
     repo = files.parent
     for doc in [repo / "README.md", *sorted((repo / "docs").glob("*.md"))]:
         shutil.copyfile(doc, docs / doc.name)
+    fstab = rootfs / "etc/fstab"
+    if fstab.exists():
+        atomic_write_text(fstab, private_bootfs(fstab.read_text()), 0o644)
     firmware = rootfs / "boot/firmware"
     firmware.mkdir(parents=True, exist_ok=True)
     for name in ("user-data", "meta-data", "network-config"):

@@ -16,10 +16,17 @@ import subprocess
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 
 from picluster.cards.manifest import USERNAME
-from picluster.config import ClusterSection
+from picluster.config import DNS_LABEL, ClusterSection
 
 
 class SettingsError(Exception):
@@ -77,6 +84,14 @@ _FIELD_OF_VAR = {
 VAR_OF_FIELD = {v: k for k, v in _FIELD_OF_VAR.items()}
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+_SHAPES = {
+    "locale": (re.compile(r"^[A-Za-z]+(_[A-Za-z]+)?(\.[A-Za-z0-9-]+)?(@[A-Za-z]+)?$"),
+               "locale name such as en_GB.UTF-8"),
+    "timezone": (re.compile(r"^[A-Za-z0-9_+-]+(/[A-Za-z0-9_+-]+)*$"),
+                 "time zone name such as Europe/London"),
+    "keyboard_keymap": (re.compile(r"^[a-z0-9_-]+$"), "keymap name such as gb"),
+    "target_hostname": (DNS_LABEL, "hostname: lower-case letters, digits and '-'"),
+}  # fmt: skip
 
 
 class Settings(BaseModel):
@@ -96,7 +111,7 @@ class Settings(BaseModel):
     pubkey_only_ssh: Literal["0", "1"] = "1"
     pubkey_ssh_first_user: str = ""
     compression: Literal["xz", "none"] = "xz"
-    compression_level: int = Field(6, ge=0, le=9)
+    compression_level: int = Field(1, ge=0, le=9)
     wpa_country: str = ""
     base: Literal["auto", "raspios", "debian"] = "auto"
     cluster_name: str = "picluster"
@@ -132,6 +147,16 @@ class Settings(BaseModel):
                 "images carry no password: the first user is locked until a card seed gives "
                 "an SSH key (picluster cards) or Raspberry Pi Imager sets one. Remove it"
             )
+        return value
+
+    # These reach a root shell in the build chroot (and pi-gen's own scripts): each
+    # is held to what such a value really looks like, so nothing else gets there.
+    @field_validator("locale", "timezone", "keyboard_keymap", "target_hostname")
+    @classmethod
+    def _shell_safe(cls, value: str, info: ValidationInfo) -> str:
+        pattern, example = _SHAPES[info.field_name or ""]
+        if not pattern.match(value):
+            raise ValueError(f"not a {example}")
         return value
 
     @field_validator("cluster_name")

@@ -55,8 +55,10 @@ def _secret(loaded: manifest.Loaded, out: Path, console: Console) -> bytes:
     # added later) reuses it instead of splitting the cluster in two.
     path = out.resolve().parent / f"{loaded.manifest.cluster}.secret"
     if path.exists():
+        cluster_secret.check_private(path, own=True)
+        value = cluster_secret.load(path)
         console.print(f'secret: reusing {path} (secret = "generate")', highlight=False)
-        return cluster_secret.load(path)
+        return value
     value = cluster_secret.generate()
     cluster_secret.write(path, value)
     console.print(

@@ -4,7 +4,9 @@ Safety first: writing to the wrong disk destroys someone's data, so a device is
 refused when it (or any of its partitions) is mounted, used as swap or held by
 device-mapper, when it holds the running system, and, unless ``--force``, when
 it is larger than any SD card one would put in a Pi (256 GiB). The device is
-also opened with ``O_EXCL``, which the kernel refuses for a device in use.
+opened once, with ``O_EXCL`` (which the kernel refuses for a device in use),
+before any check: the checks, the write, the read-back and the seed all go
+through that descriptor, so a name repointed meanwhile changes nothing.
 
 The copy is bmap-aware without needing bmaptool: the ``.bmap`` beside the image
 (written by build.sh with ``bmaptool create``) lists the ranges that hold data
@@ -47,6 +49,7 @@ from picluster.cards import bootfs
 GiB = 1024**3
 MAX_DEVICE = 256 * GiB
 BLKFLSBUF = 0x1261
+BLKRRPART = 0x125F
 TAIL_WIPE = 1024 * 1024
 """Zeroed at the end of the card: an old GPT's backup header lives there."""
 
@@ -87,9 +90,11 @@ def _dev_number(sysdir: Path) -> int:
     return os.makedev(int(major), int(minor))
 
 
-def inspect(path: Path) -> Device:
+def inspect(path: Path, fd: int | None = None) -> Device:
+    """What ``path`` is; with ``fd``, what that open descriptor is (a symlink repointed
+    since it was opened changes nothing)."""
     try:
-        st = path.stat()
+        st = os.fstat(fd) if fd is not None else path.stat()
     except FileNotFoundError:
         raise FlashError(
             f"{path}: no such device. Fix: check 'lsblk' for the card's name"
@@ -117,6 +122,30 @@ def inspect(path: Path) -> Device:
         if p.is_dir() and (p / "partition").exists()
     }
     return Device(path, sysdir.name, st.st_rdev, size, description, sysdir, partitions)
+
+
+def open_device(path: Path) -> tuple[int, Device]:
+    """Open the card once, exclusively (the kernel refuses while anything has it mounted
+    or open exclusively); every check, the write, the read-back and the seed then use
+    this descriptor, so the device checked is the device written."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_EXCL | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise FlashError(
+            f"{path}: no such device. Fix: check 'lsblk' for the card's name"
+        ) from None
+    except OSError as exc:
+        # Say why when the name tells (mounted, the system disk); nothing is written.
+        check(inspect(path), force=True, image_size=None)
+        raise FlashError(
+            f"{path}: cannot open exclusively ({exc.strerror}): something uses it. "
+            "Fix: unmount it and close programs using it"
+        ) from None
+    try:
+        return fd, inspect(path, fd)
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 def _disks_of(rdev: int) -> set[str]:
@@ -374,40 +403,37 @@ def drop_cache(fd: int) -> None:
     os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
 
 
-def verify(device: Path, written: Written, advance: Callable[[int], None]) -> None:
-    fd = os.open(device, os.O_RDONLY)
-    try:
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-        for start, length, expected in written.ranges:
-            digest, offset, left = hashlib.sha256(), start, length
-            while left:
-                block = os.pread(fd, min(left, bootfs.CHUNK), offset)
-                if not block:
-                    break
-                digest.update(block)
-                offset += len(block)
-                left -= len(block)
-                advance(len(block))
-            if left or digest.hexdigest() != expected:
-                raise FlashError(
-                    f"{device}: verification failed at bytes {start}-{start + length}: what "
-                    "was read back differs from the image. The card may be failing or fake. "
-                    "Fix: try again; if it fails again, use another card"
-                )
-    finally:
-        os.close(fd)
+def verify(fd: int, device: Path, written: Written, advance: Callable[[int], None]) -> None:
+    """Read back every written range through ``fd`` (named ``device`` in messages)."""
+    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    for start, length, expected in written.ranges:
+        digest, offset, left = hashlib.sha256(), start, length
+        while left:
+            block = os.pread(fd, min(left, bootfs.CHUNK), offset)
+            if not block:
+                break
+            digest.update(block)
+            offset += len(block)
+            left -= len(block)
+            advance(len(block))
+        if left or digest.hexdigest() != expected:
+            raise FlashError(
+                f"{device}: verification failed at bytes {start}-{start + length}: what "
+                "was read back differs from the image. The card may be failing or fake. "
+                "Fix: try again; if it fails again, use another card"
+            )
 
 
-def reread_partitions(device: Path) -> str:
+def reread_partitions(fd: int, device: Path) -> str:
     """Ask the kernel to re-read the new partition table; a note when it cannot."""
-    for argv in (["partprobe", str(device)], ["blockdev", "--rereadpt", str(device)]):
-        if shutil.which(argv[0]) is None:
-            continue
-        proc = subprocess.run(argv, capture_output=True, text=True, check=False)
-        if proc.returncode == 0:
-            return ""
-        return f"{' '.join(argv)}: {proc.stderr.strip()} (harmless: unplug and replug the card)"
-    return "neither partprobe nor blockdev found: unplug and replug the card before mounting it"
+    try:
+        fcntl.ioctl(fd, BLKRRPART)
+    except OSError as exc:
+        return (
+            f"{device}: the kernel did not re-read the partition table ({exc.strerror}); "
+            "harmless: unplug and replug the card before mounting it"
+        )
+    return ""
 
 
 def wipe_tail(fd: int, device: Device, image_end: int) -> None:
@@ -442,45 +468,35 @@ def flash(
     if bmap:
         bmap = with_full_region(bmap, boot_metadata_end(image))
     size = bmap.image_size if bmap else xz_size(image)
-    device = inspect(device_path)
-    check(device, force=force, image_size=size)
-    if not confirm(device, image):
-        raise FlashError("not confirmed; nothing was written")
-    notes: list[str] = []
-    make = progress_factory or default_progress
-    with bootfs.open_image(image) as src:
-        try:
-            fd = os.open(device_path, os.O_WRONLY | os.O_EXCL)
-        except OSError as exc:
-            raise FlashError(
-                f"{device_path}: cannot open exclusively ({exc.strerror}): something uses it. "
-                "Fix: unmount it and close programs using it"
-            ) from None
-        try:
-            with make() as bar:
-                total = bmap.mapped if bmap else size
-                task = bar.add_task(f"write {image.name}", total=total)
-                written = write_image(src, fd, bmap, lambda n: bar.advance(task, n))
-                end = max(start + length for start, length, _ in written.ranges)
-                wipe_tail(fd, device, end)
-                drop_cache(fd)
-                if verify_after:
-                    check_task = bar.add_task("verify", total=written.bytes)
-                    verify(device_path, written, lambda n: bar.advance(check_task, n))
-        finally:
-            os.close(fd)
-    note = reread_partitions(device_path)
-    if note:
-        notes.append(note)
-    part = None
-    if files:
-        part = bootfs.write_seed(device_path, files)
-        bootfs.verify_seed(device_path, files, part)
-        fd = os.open(device_path, os.O_RDONLY)
-        try:
+    fd, device = open_device(device_path)
+    try:
+        check(device, force=force, image_size=size)
+        if not confirm(device, image):
+            raise FlashError("not confirmed; nothing was written")
+        notes: list[str] = []
+        make = progress_factory or default_progress
+        with bootfs.open_image(image) as src, make() as bar:
+            total = bmap.mapped if bmap else size
+            task = bar.add_task(f"write {image.name}", total=total)
+            written = write_image(src, fd, bmap, lambda n: bar.advance(task, n))
+            end = max(start + length for start, length, _ in written.ranges)
+            wipe_tail(fd, device, end)
             drop_cache(fd)
-        finally:
-            os.close(fd)
+            if verify_after:
+                check_task = bar.add_task("verify", total=written.bytes)
+                verify(fd, device_path, written, lambda n: bar.advance(check_task, n))
+        note = reread_partitions(fd, device_path)
+        if note:
+            notes.append(note)
+        part = None
+        if files:
+            # mtools opens the descriptor we hold (its /proc link), never the name again.
+            held = Path(f"/proc/{os.getpid()}/fd/{fd}")
+            part = bootfs.write_seed(held, files)
+            bootfs.verify_seed(held, files, part)
+            drop_cache(fd)
+    finally:
+        os.close(fd)
     return Result(device_path, written.bytes, verify_after, bmap_path, part, notes)
 
 

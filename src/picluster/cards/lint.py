@@ -25,6 +25,7 @@ import yaml
 from picluster import config as runtime_config
 from picluster import roles
 from picluster import secret as cluster_secret
+from picluster.cards.manifest import key_problem
 from picluster.cards.seeds import CONFIG_PATH, SECRET_PATH, SEED_FILES
 
 
@@ -290,6 +291,7 @@ class _Linter:
             return
         self.no_effect(name, node)
         self.passwords(name, data, node)
+        self.ssh_keys(name, node)
         cfg = self.write_files(name, node)
         host = _get(node, "hostname")
         if host and _scalar(host[1]) is not None:
@@ -371,6 +373,24 @@ class _Linter:
                     "password",
                     "lock_passwd: false allows password logins. Fix: lock_passwd: true",
                 )
+
+    def ssh_keys(self, name: str, node: yaml.Node | None) -> None:
+        users = _get(node, "users")
+        holders = [node, *_items(users[1] if users else None)]
+        for holder in holders:
+            found = _get(holder, "ssh_authorized_keys")
+            for item in _items(found[1] if found else None):
+                key = _scalar(item)
+                problem = key_problem(key) if key is not None else "is not a text line"
+                if problem:
+                    self.add(
+                        name,
+                        _line(item),
+                        Severity.ERROR,
+                        "ssh-key",
+                        f"ssh_authorized_keys: the key {problem}: nobody can log in with it. "
+                        "Fix: paste the whole line of your .pub file",
+                    )
 
     def write_files(self, name: str, node: yaml.Node | None) -> runtime_config.Config | None:
         found = _get(node, "write_files")

@@ -8,6 +8,8 @@ file, the key, and what to write instead.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import difflib
 import ipaddress
 import re
@@ -35,6 +37,30 @@ SSH_KEY_TYPES = (
     "sk-ssh-ed25519@openssh.com",
     "sk-ecdsa-sha2-nistp256@openssh.com",
 )
+
+
+def key_problem(line: str) -> str | None:
+    """Why ``line`` is not one OpenSSH public key line, or None when it is.
+
+    The type word must be known, the blob base64 that names the same type (a
+    placeholder or a truncated paste fails here), and a line break would turn one
+    entry into two ``authorized_keys`` lines.
+    """
+    if "\n" in line or "\r" in line:
+        return "holds a line break (one key per entry)"
+    fields = line.split()
+    if not fields or fields[0] not in SSH_KEY_TYPES:
+        return f"does not start with a key type ({', '.join(SSH_KEY_TYPES[:3])}, ...)"
+    if len(fields) < 2:
+        return f"is a bare {fields[0]!r}: the key itself is missing"
+    try:
+        blob = base64.b64decode(fields[1], validate=True)
+    except (binascii.Error, ValueError):
+        return "is not a public key: its second field is not base64"
+    size = int.from_bytes(blob[:4], "big")
+    if blob[4 : 4 + size] != fields[0].encode():
+        return f"is not a {fields[0]} key: the encoded key names another type or is cut short"
+    return None
 
 
 class ManifestError(Exception):
@@ -323,7 +349,13 @@ def read_ssh_keys(entries: list[str], base: Path, source: str) -> list[str]:
     keys: list[str] = []
     for i, entry in enumerate(entries):
         entry = entry.strip()
-        if entry.split(" ", 1)[0] in SSH_KEY_TYPES:
+        if entry.split(maxsplit=1)[0:1] in ([t] for t in SSH_KEY_TYPES):
+            problem = key_problem(entry)
+            if problem:
+                raise ManifestError(
+                    f"{source}: ssh_keys[{i}]: the key {problem}. Fix: paste the whole line "
+                    'of your .pub file, or give its path, e.g. "~/.ssh/id_ed25519.pub"'
+                )
             keys.append(entry)
             continue
         path = (base / Path(entry).expanduser()).resolve()
@@ -344,10 +376,11 @@ def read_ssh_keys(entries: list[str], base: Path, source: str) -> list[str]:
                 f"{source}: ssh_keys[{i}]: cannot read {path} ({exc.strerror}). Fix: create "
                 "it with ssh-keygen -t ed25519 or correct the path (relative to the manifest)"
             ) from None
-        bad = [ln for ln in lines if ln.split(" ", 1)[0] not in SSH_KEY_TYPES]
+        bad = [problem for ln in lines if (problem := key_problem(ln))]
         if not lines or bad:
+            why = f": a line {bad[0]}" if bad else ""
             raise ManifestError(
-                f"{source}: ssh_keys[{i}]: {path} does not hold OpenSSH public keys. "
+                f"{source}: ssh_keys[{i}]: {path} does not hold OpenSSH public keys{why}. "
                 "Fix: point at the .pub file written by ssh-keygen"
             )
         keys.extend(lines)

@@ -58,9 +58,10 @@ class Seed:
     def write(self, directory: Path) -> None:
         directory.mkdir(parents=True, exist_ok=True)
         for name, content in self.files.items():
-            # user-data carries the cluster secret: private on the host too.
+            # user-data carries the cluster secret, network-config a Wi-Fi
+            # password: private on the host too. meta-data holds no credential.
             atomic_write_text(
-                directory / name, content, mode=0o600 if name == "user-data" else 0o644
+                directory / name, content, mode=0o644 if name == "meta-data" else 0o600
             )
 
 
