@@ -200,8 +200,14 @@ def load(path: Path) -> Config:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         return Config()
-    except (PermissionError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: cannot read ({exc}). Fix: chmod 644 {path}") from None
+    except PermissionError as exc:
+        raise ConfigError(f"{path}: cannot read ({exc.strerror}). Fix: chmod 644 {path}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not UTF-8 text. Fix: save it as UTF-8 (it is TOML)") from None
+    except OSError as exc:
+        raise ConfigError(
+            f"{path}: cannot read ({exc.strerror}). Fix: name the cluster.toml file itself"
+        ) from None
     return parse(text, str(path))
 
 

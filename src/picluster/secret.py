@@ -151,6 +151,11 @@ def load(path: Path) -> bytes:
             f"{path}: permission denied. Fix: run as root, or start through the "
             "systemd unit, which passes the secret as a credential."
         ) from None
+    except OSError as exc:
+        raise SecretError(
+            f"{path}: cannot read ({exc.strerror}). Fix: name the secret file itself, "
+            "e.g. deploy/<name>.secret"
+        ) from None
     return parse(text, str(path))
 
 

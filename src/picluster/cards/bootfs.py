@@ -194,10 +194,19 @@ def copy_image(image: Path, dest: BinaryIO, progress: Callable[[int], None] | No
     return total
 
 
+def require_image(image: Path) -> None:
+    """An image file to read, or an error that says which and what to give instead."""
+    if not image.is_file():
+        raise BootfsError(
+            f"{image}: no such image file. Fix: give the build's deploy/<name>.img.xz (or a .img)"
+        )
+
+
 def seed_image(
     image: Path, card: Path, output: Path, progress: Callable[[int], None] | None = None
 ) -> Partition:
     """Copy ``image`` to ``output`` with ``card``'s seed in its bootfs, all or nothing."""
+    require_image(image)
     files = seed_files(card)
     if output.exists() and output.resolve() == image.resolve():
         raise BootfsError(f"{output}: is the source image. Fix: choose another -o")

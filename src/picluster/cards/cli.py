@@ -140,6 +140,7 @@ def _lint_card(card: Path, console: Console) -> bool:
 def cmd_seed(args: argparse.Namespace) -> int:
     console = Console(stderr=True)
     try:
+        bootfs.require_image(args.image)
         bootfs.seed_files(args.card)
         if not _lint_card(args.card, console):
             return EX_CONFIG

@@ -462,6 +462,7 @@ def flash(
     progress_factory: Callable[[], Progress] | None = None,
 ) -> Result:
     """Write ``image`` to ``device_path`` and ``card``'s seed onto it; ``confirm`` may veto."""
+    bootfs.require_image(image)
     files = bootfs.seed_files(card) if card else None
     bmap_path = find_bmap(image)
     bmap = parse_bmap(bmap_path) if bmap_path else None

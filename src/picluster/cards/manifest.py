@@ -395,6 +395,8 @@ def load(path: Path) -> Loaded:
             f"{path}: cannot read ({exc.strerror}). Fix: copy examples/cluster-manifest.toml "
             "and edit it"
         ) from None
+    except UnicodeDecodeError:
+        raise ManifestError(f"{path}: not UTF-8 text. Fix: save it as UTF-8 (it is TOML)") from None
     manifest = parse(text, str(path))
     keys = read_ssh_keys(manifest.ssh_keys, path.parent, str(path))
     return Loaded(manifest=manifest, path=path, ssh_keys=keys)
