@@ -146,15 +146,15 @@ def as_user(user: pwd.struct_passwd, work: Callable[[], object]) -> None:
     pid = os.fork()
     if pid == 0:  # the child: never returns into the caller's code
         os.close(read)
-        code = 0
+        code = 1  # anything but a clean return is a failure
         try:
             os.setgroups(os.getgrouplist(user.pw_name, user.pw_gid))
             os.setgid(user.pw_gid)
             os.setuid(user.pw_uid)
             work()
+            code = 0
         except OSError as exc:
             os.write(write, f"{exc.errno or 0} {exc.strerror or exc}".encode())
-            code = 1
         finally:
             os._exit(code)
     os.close(write)

@@ -22,6 +22,7 @@ source-side checksums would not.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import hashlib
 import os
@@ -137,10 +138,11 @@ def open_device(path: Path) -> tuple[int, Device]:
     except OSError as exc:
         # Say why when the name tells (mounted, the system disk); nothing is written.
         check(inspect(path), force=True, image_size=None)
-        raise FlashError(
-            f"{path}: cannot open exclusively ({exc.strerror}): something uses it. "
-            "Fix: unmount it and close programs using it"
-        ) from None
+        fix = {
+            errno.EBUSY: "something uses it. Fix: unmount it and close programs using it",
+            errno.EROFS: "it is read-only. Fix: slide the card's lock switch up (unlocked)",
+        }.get(exc.errno or 0, "Fix: run as root (sudo) and check 'lsblk'")
+        raise FlashError(f"{path}: cannot open for writing ({exc.strerror}): {fix}") from None
     try:
         return fd, inspect(path, fd)
     except BaseException:
