@@ -131,12 +131,8 @@ def open_device(path: Path) -> tuple[int, Device]:
     this descriptor, so the device checked is the device written."""
     try:
         fd = os.open(path, os.O_RDWR | os.O_EXCL | os.O_CLOEXEC)
-    except FileNotFoundError:
-        raise FlashError(
-            f"{path}: no such device. Fix: check 'lsblk' for the card's name"
-        ) from None
     except OSError as exc:
-        # Say why when the name tells (mounted, the system disk); nothing is written.
+        # Say why when the name tells (absent, a partition, mounted, the system disk).
         check(inspect(path), force=True, image_size=None)
         fix = {
             errno.EBUSY: "something uses it. Fix: unmount it and close programs using it",

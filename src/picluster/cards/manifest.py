@@ -349,7 +349,7 @@ def read_ssh_keys(entries: list[str], base: Path, source: str) -> list[str]:
     keys: list[str] = []
     for i, entry in enumerate(entries):
         entry = entry.strip()
-        if entry.split(maxsplit=1)[0:1] in ([t] for t in SSH_KEY_TYPES):
+        if (entry.split() or [""])[0] in SSH_KEY_TYPES:
             problem = key_problem(entry)
             if problem:
                 raise ManifestError(
