@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Build the picluster image: `sudo ./build.sh [--base raspios|debian|auto] [-c extra-config]`.
 # A thin entry: it makes the build venv (./.venv) if needed and hands over to
-# Python (src/picluster/build/). `./build.sh --help` lists the commands.
+# Python (src/picluster/imagebuild/). `./build.sh --help` lists the commands.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 venv="${here}/.venv"
@@ -10,4 +10,4 @@ if [[ ! -x "${venv}/bin/python" ]]; then
     python3 -m venv "${venv}"
     "${venv}/bin/pip" install --quiet -e "${here}"
 fi
-exec "${venv}/bin/python" -m picluster.build "$@"
+exec "${venv}/bin/python" -m picluster.imagebuild "$@"

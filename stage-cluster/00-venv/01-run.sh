@@ -4,7 +4,7 @@
 # ./build.sh exports PICLUSTER_PYTHON, PICLUSTER_WHEELS and PICLUSTER_NATIVE.
 set -euo pipefail
 : "${PICLUSTER_PYTHON:?run this stage through ./build.sh, which prepares the wheelhouse}"
-"${PICLUSTER_PYTHON}" -m picluster.build.venv \
+"${PICLUSTER_PYTHON}" -m picluster.imagebuild.venv \
     --rootfs "${ROOTFS_DIR}" \
     --wheels "${PICLUSTER_WHEELS:?}" \
     --native "${PICLUSTER_NATIVE:?}" \

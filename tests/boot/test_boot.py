@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from picluster.boot.cluster import PY, SSH_OPTIONS, BootCluster, BootError, wait_for
+from picluster.vm.cluster import PY, SSH_OPTIONS, BootCluster, BootError, wait_for
 from tests.harness import imagebuild
 from tests.harness.imagebuild import DEPLOY, REPO
 from tests.image.conftest import build_image

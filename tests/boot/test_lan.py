@@ -14,8 +14,8 @@ import urllib.request
 
 import pytest
 
-from picluster.boot.cluster import BootCluster, wait_for
-from picluster.boot.lan import Lan
+from picluster.vm.cluster import BootCluster, wait_for
+from picluster.vm.lan import Lan
 
 pytestmark = [pytest.mark.root, pytest.mark.skipif(os.geteuid() != 0, reason="needs root")]
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from picluster.build import image, preflight, settings
+from picluster.imagebuild import image, preflight, settings
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -90,7 +90,7 @@ def test_image_plan_is_aligned_like_raspberry_pi_os():
 
 
 def test_the_boot_partition_is_mounted_for_root_only():
-    from picluster.build.overlay import private_bootfs
+    from picluster.imagebuild.overlay import private_bootfs
 
     pigen = "PARTUUID=1234-01  /boot/firmware  vfat  defaults,fmask=0022  0  2\n# /boot/firmware\n"
     once = private_bootfs(pigen)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from picluster.build import stage
+from picluster.imagebuild import stage
 
 REPO = Path(__file__).resolve().parents[2]
 STAGE = REPO / "stage-cluster"
@@ -57,7 +57,7 @@ def test_shell_is_shellcheck_clean():
         STAGE / "prerun.sh",
         STAGE / "EXPORT_IMAGE",
         *STAGE.glob("*/*.sh"),
-        REPO / "src/picluster/build/pigen_functions.sh",
+        REPO / "src/picluster/imagebuild/pigen_functions.sh",
     ]
     proc = subprocess.run(
         ["shellcheck", "--shell=bash", *map(str, scripts)], capture_output=True, text=True

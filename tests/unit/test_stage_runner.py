@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from picluster.build import mounts
-from picluster.build.stage import StageRunner
-from picluster.build.steps import BuildError, StepLog
+from picluster.imagebuild import mounts
+from picluster.imagebuild.stage import StageRunner
+from picluster.imagebuild.steps import BuildError, StepLog
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (chroot, mounts)")
 

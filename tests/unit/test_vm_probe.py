@@ -1,6 +1,6 @@
 """The boot tier's readiness comes from what a VM says about itself (``PROBE``)."""
 
-from picluster.boot.vm import VMState
+from picluster.vm.machine import VMState
 
 BOOTING = """boot_id=0b1c
 uptime=41.20

@@ -1,6 +1,6 @@
 """The image's venv at /opt/picluster, built at native speed.
 
-The stage calls ``python -m picluster.build.venv --rootfs DIR --wheels DIR
+The stage calls ``python -m picluster.imagebuild.venv --rootfs DIR --wheels DIR
 --native DIR``: the native twin (native.py) sees the target's /opt/picluster
 at the same path, creates the venv there (its ``python3.13`` symlink points
 at /usr/bin/python3.13, which the target has too), and installs the hashed
@@ -16,8 +16,8 @@ import shutil
 import sys
 from pathlib import Path
 
-from picluster.build import native
-from picluster.build.steps import BuildError, StepLog
+from picluster.imagebuild import native
+from picluster.imagebuild.steps import BuildError, StepLog
 
 VENV = "/opt/picluster"
 INSTALLER_SCRIPT = Path(__file__).with_name("install_wheels.py")
@@ -64,7 +64,9 @@ def compile_tree(rootfs: Path, dirs: list[str], native_root: Path, log: StepLog)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m picluster.build.venv", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m picluster.imagebuild.venv", description=__doc__
+    )
     parser.add_argument("--rootfs", type=Path, required=True)
     parser.add_argument("--wheels", type=Path, required=True)
     parser.add_argument("--native", type=Path, required=True)

@@ -13,8 +13,8 @@ import subprocess
 import urllib.request
 from pathlib import Path
 
-from picluster.build.settings import Settings, shell_exports
-from picluster.build.steps import BuildError, StepLog
+from picluster.imagebuild.settings import Settings, shell_exports
+from picluster.imagebuild.steps import BuildError, StepLog
 
 RPI_ARCHIVE = "http://archive.raspberrypi.com/debian/dists/{release}/InRelease"
 

@@ -21,10 +21,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from picluster.boot import lan as lan_mod
-from picluster.boot import vm as vm_mod
-from picluster.boot.vm import PROBE, VMState
 from picluster.cards import bootfs
+from picluster.vm import lan as lan_mod
+from picluster.vm import machine as vm_mod
+from picluster.vm.machine import PROBE, VMState
 
 PY = [sys.executable, "-m", "picluster"]
 SSH_OPTIONS = (
@@ -287,7 +287,7 @@ class BootCluster:
         sock.unlink(missing_ok=True)
         inner = subprocess.Popen(
             self.lan.exec_argv(
-                [*PY[:1], "-m", "picluster.boot.forward", "inner", "--unix", str(sock),
+                [*PY[:1], "-m", "picluster.vm.forward", "inner", "--unix", str(sock),
                  "--to", f"{self._lan_address(0)}:{vm_port}"]
             ),
             start_new_session=True,
@@ -295,7 +295,7 @@ class BootCluster:
         self.helpers.append(inner)
         wait_for(sock.exists, 30, f"the relay socket {sock} did not appear", interval=0.1)
         outer = subprocess.Popen(
-            [*PY[:1], "-m", "picluster.boot.forward", "outer", "--unix", str(sock),
+            [*PY[:1], "-m", "picluster.vm.forward", "outer", "--unix", str(sock),
              "--listen", f"127.0.0.1:{host_port}"],
             start_new_session=True,
         )  # fmt: skip

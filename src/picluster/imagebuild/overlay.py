@@ -1,7 +1,7 @@
 """What the stage puts into the image besides the venv.
 
 Called by ``stage-cluster/01-service/00-run.sh`` on the build host:
-``python -m picluster.build.overlay --rootfs DIR --files DIR``. The values
+``python -m picluster.imagebuild.overlay --rootfs DIR --files DIR``. The values
 come from the variables pi-gen exports to every stage script (``config``).
 
 - the systemd units from ``files/systemd`` (enabled later, in the chroot);
@@ -108,7 +108,9 @@ def apply(rootfs: Path, files: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m picluster.build.overlay", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m picluster.imagebuild.overlay", description=__doc__
+    )
     parser.add_argument("--rootfs", type=Path, required=True)
     parser.add_argument("--files", type=Path, required=True)
     args = parser.parse_args(argv)

@@ -16,8 +16,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from picluster.build import mounts
-from picluster.build.steps import StepLog
+from picluster.imagebuild import mounts
+from picluster.imagebuild.steps import StepLog
 
 MiB = 1 << 20
 ALIGN = 4 * MiB

@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from picluster.boot.cluster import PY, BootCluster, BootError
+from picluster.vm.cluster import PY, BootCluster, BootError
 
 REPO = Path(__file__).resolve().parents[3]
 

@@ -9,9 +9,9 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from picluster.build.steps import StepLog
-from picluster.build.wheelhouse import sha256
 from picluster.files import atomic_write_text
+from picluster.imagebuild.steps import StepLog
+from picluster.imagebuild.wheelhouse import sha256
 
 
 def venv_versions(rootfs: Path) -> dict[str, str]:

@@ -7,7 +7,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from picluster.build.native import host_arch
+from picluster.imagebuild.native import host_arch
 
 GiB = 1 << 30
 

@@ -18,11 +18,11 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from picluster.build import cache as cache_mod
-from picluster.build import mounts, venv
-from picluster.build.settings import Settings
-from picluster.build.steps import StepLog
 from picluster.files import atomic_write_text
+from picluster.imagebuild import cache as cache_mod
+from picluster.imagebuild import mounts, venv
+from picluster.imagebuild.settings import Settings
+from picluster.imagebuild.steps import StepLog
 
 RECIPE_VERSION = 1
 """Bump when the recipe below changes in a way the key does not see."""

@@ -14,8 +14,9 @@ from pathlib import Path
 
 from picluster import __version__
 from picluster import secret as secret_mod
-from picluster.build import cache as cache_mod
-from picluster.build import (
+from picluster.files import atomic_write
+from picluster.imagebuild import cache as cache_mod
+from picluster.imagebuild import (
     debian_base,
     deploy,
     image,
@@ -25,11 +26,10 @@ from picluster.build import (
     stage,
     wheelhouse,
 )
-from picluster.build import (
+from picluster.imagebuild import (
     settings as settings_mod,
 )
-from picluster.build.steps import BuildError, StepLog
-from picluster.files import atomic_write
+from picluster.imagebuild.steps import BuildError, StepLog
 
 REPO = Path(__file__).resolve().parents[3]
 STAGE_DIR = REPO / "stage-cluster"
@@ -49,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     lock = sub.add_parser("lock", help="re-resolve stage-cluster/00-venv/requirements.txt")
     lock.set_defaults(func=cmd_lock)
     with contextlib.suppress(ImportError):
-        importlib.import_module("picluster.boot.cli").register(sub)
+        importlib.import_module("picluster.vm.cli").register(sub)
     return parser
 
 

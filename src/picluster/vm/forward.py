@@ -4,8 +4,8 @@ Two small relays meet at a Unix socket (the file system is shared across
 network namespaces): ``inner`` runs inside the LAN's namespace and connects
 each stream to the VM; ``outer`` listens on 127.0.0.1 of the host.
 
-    python -m picluster.boot.forward inner --unix S --to 10.213.0.10:8888
-    python -m picluster.boot.forward outer --unix S --listen 127.0.0.1:8888
+    python -m picluster.vm.forward inner --unix S --to 10.213.0.10:8888
+    python -m picluster.vm.forward outer --unix S --listen 127.0.0.1:8888
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ async def outer(unix: str, host: str, port: int) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m picluster.boot.forward", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m picluster.vm.forward", description=__doc__)
     parser.add_argument("side", choices=("inner", "outer"))
     parser.add_argument("--unix", required=True)
     parser.add_argument("--to", help="inner: VM address:port")

@@ -15,9 +15,9 @@ import platform
 from collections.abc import Iterator
 from pathlib import Path
 
-from picluster.build import cache as cache_mod
-from picluster.build import mounts
-from picluster.build.steps import StepLog
+from picluster.imagebuild import cache as cache_mod
+from picluster.imagebuild import mounts
+from picluster.imagebuild.steps import StepLog
 
 PACKAGES = ("python3.13", "python3.13-venv")
 

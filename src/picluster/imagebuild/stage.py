@@ -19,8 +19,8 @@ import shlex
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
-from picluster.build import mounts
-from picluster.build.steps import StepLog
+from picluster.imagebuild import mounts
+from picluster.imagebuild.steps import StepLog
 
 FUNCTIONS = Path(__file__).with_name("pigen_functions.sh")
 _SUB_STAGE_FILE = re.compile(

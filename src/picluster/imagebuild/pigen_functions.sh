@@ -1,6 +1,6 @@
 # shellcheck shell=bash
 # The helpers pi-gen exports to stage scripts (log, on_chroot, copy_previous),
-# for the debian base's stage runner (picluster.build.stage). Same names,
+# for the debian base's stage runner (picluster.imagebuild.stage). Same names,
 # same meaning; the runner mounts /proc, /sys, /dev, /run and /tmp in the
 # root file system for the whole stage, so on_chroot only enters it.
 

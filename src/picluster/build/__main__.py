@@ -1,5 +1,0 @@
-import sys
-
-from picluster.build.cli import main
-
-sys.exit(main())
