@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Build the picluster image: `sudo ./build.sh [--base raspios|debian|auto] [-c extra-config]`.
 # A thin entry: it makes the build venv (./.venv) if needed and hands over to
-# Python (src/picluster/imagebuild/). `./build.sh --help` lists the commands.
+# `picluster` (src/picluster/cli.py), whose build commands are `build` (the
+# default: no command, or options only), `lock` and `boot`. `./build.sh --help`
+# lists every command.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 venv="${here}/.venv"
@@ -10,4 +12,7 @@ if [[ ! -x "${venv}/bin/python" ]]; then
     python3 -m venv "${venv}"
     "${venv}/bin/pip" install --quiet -e "${here}"
 fi
-exec "${venv}/bin/python" -m picluster.imagebuild "$@"
+if [[ $# -eq 0 || ($1 == -* && $1 != -h && $1 != --help && $1 != --version) ]]; then
+    set -- build "$@"
+fi
+exec "${venv}/bin/python" -m picluster "$@"

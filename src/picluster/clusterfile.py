@@ -26,6 +26,7 @@ from typing import Any
 from ipyparallel.cluster.launcher import BaseLauncher, ControllerLauncher, EngineLauncher
 from traitlets import Unicode
 
+from picluster.errors import PiclusterError
 from picluster.files import atomic_write_text
 
 CLUSTER_ID = ""
@@ -47,7 +48,7 @@ def cluster_file(ipython_dir: Path) -> Path:
     return security_dir(ipython_dir) / f"cluster-{CLUSTER_ID}.json"
 
 
-class ManagedByAgent(RuntimeError):
+class ManagedByAgent(PiclusterError, RuntimeError):
     """Start/stop was asked of a cluster that systemd runs."""
 
 

@@ -1,53 +1,60 @@
-"""``/etc/picluster/cluster.toml``: the schema, its defaults and its error messages.
+"""``/etc/picluster/cluster.toml``: the schema, its defaults, its layers and its errors.
 
-Every error names the file, the key and what to write instead, because the
-person reading it is usually looking at a journal on a Pi with no other help.
-A missing file means "all defaults": a card flashed with nothing but a
-hostname must still join its cluster.
+This schema is the one declaration of every node setting: its type, its default
+and its help text (the attribute docstrings). The build settings, the card
+manifest and the QEMU cluster never repeat a default: what they do not set is
+left to this file, and the README's reference is generated from it.
+
+A node reads ``cluster.toml`` and then ``cluster.toml.d/*.toml`` in name order,
+each table merged over the last: the image's file holds what the build chose, a
+card seed adds a drop-in with only what that card changes. Every error names the
+file, the key and what to write instead, because the person reading it is
+usually looking at a journal on a Pi with no other help. A missing file means
+"all defaults": a card flashed with nothing but a hostname must still join.
 """
 
 from __future__ import annotations
 
 import difflib
 import ipaddress
-import re
+import textwrap
 import tomllib
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
+import tomli_w
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-DNS_LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+from picluster.errors import ConfigurationError
+from picluster.names import DnsLabel, LoginName
+
 PORTS_USED = 30
 """ipyparallel's fixed layout uses B..B+14; we reserve B..B+29 (``--ports``)."""
+DROPIN_SUFFIX = ".d"
+
+BasePort = Annotated[int, Field(ge=1024, le=65535 - PORTS_USED)]
+"""The first of the cluster's ports; the node config and the card manifest take it."""
 
 
-class ConfigError(Exception):
+class ConfigError(ConfigurationError):
     """The configuration cannot be used; ``str()`` says where and how to fix it."""
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
 
 class ClusterSection(_Section):
-    name: str = "picluster"
-    base_port: Annotated[int, Field(ge=1024, le=65535 - PORTS_USED)] = 47000
+    name: DnsLabel = "picluster"
+    """The cluster's mDNS name; clusters with other names on the LAN are ignored."""
+    base_port: BasePort = 47000
+    """First of the 30 TCP ports the controller uses (base_port .. base_port+29)."""
     controller: str = ""
     """Static controller address: skips mDNS discovery (networks that block multicast)."""
     curve: bool = True
     """Encrypt ipyparallel traffic with CurveZMQ (keys derived from the secret); false
     sends it in clear on the LAN (anyone there can read engine output), and doctor warns."""
-
-    @field_validator("name")
-    @classmethod
-    def _name(cls, value: str) -> str:
-        if not DNS_LABEL.match(value):
-            raise ValueError(
-                "must be a DNS label: 1-63 lower-case letters, digits and '-', "
-                "not starting or ending with '-'. Fix: e.g. name = \"lab-cluster\""
-            )
-        return value
 
     @field_validator("controller")
     @classmethod
@@ -67,7 +74,9 @@ class RolesSection(_Section):
     controller: list[str] = Field(
         default_factory=lambda: ["controller", "*-controller", "controller-*", "head", "*-head"]
     )
+    """Hostname patterns (shell-style) that make a node the controller."""
     engine: list[str] = Field(default_factory=lambda: ["*"])
+    """Hostname patterns that make a node an engine host (checked after controller)."""
     unassigned: list[str] = Field(default_factory=lambda: ["raspberrypi", "localhost"])
     """Names a card has before anyone named it: such a node joins nothing."""
 
@@ -87,7 +96,7 @@ class EnginesSection(_Section):
     per_node: Count = "auto"
     """Engines on an engine host: "auto" = one per CPU core."""
     on_controller: Count = "auto"
-    """Engines on the controller host itself (0 = none), like ``ipcluster start``."""
+    """Engines on the controller host itself (0 = none), like `ipcluster start`."""
     timeout: Annotated[float, Field(gt=0, le=3600)] = 60.0
     """Seconds an engine waits for the controller to answer its registration."""
     startup: str = ""
@@ -118,14 +127,17 @@ class ControllerSection(_Section):
 
 class JupyterSection(_Section):
     enabled: bool = True
+    """Run JupyterLab on the controller (false: ipyparallel only)."""
     port: Annotated[int, Field(ge=1, le=65535)] = 8888
+    """TCP port JupyterLab serves on."""
     ip: IPv4Text = "0.0.0.0"
     """Address JupyterLab binds; "0.0.0.0" = every interface (token or password required)."""
-    user: str = ""
-    """Who runs JupyterLab and gets ``ipp.Client()``: "" = the first user (uid 1000)."""
+    user: Literal[""] | LoginName = ""
+    """Who runs JupyterLab and gets `ipp.Client()`: "" = the first user (uid 1000)."""
     password_hash: str = ""
-    """An argon2 hash from ``jupyter_server.auth.passwd``; "" = log in with the token."""
+    """An argon2 hash from `jupyter_server.auth.passwd`; "" = log in with the token."""
     root_dir: str = "~/notebooks"
+    """JupyterLab's file browser root; `~` is the user's home."""
 
     @field_validator("password_hash")
     @classmethod
@@ -139,6 +151,8 @@ class JupyterSection(_Section):
 
 
 class Config(_Section):
+    """The whole ``cluster.toml``; every section and key is optional."""
+
     cluster: ClusterSection = Field(default_factory=ClusterSection)
     roles: RolesSection = Field(default_factory=RolesSection)
     engines: EnginesSection = Field(default_factory=EnginesSection)
@@ -148,16 +162,18 @@ class Config(_Section):
 
 def _known_keys(model: type[BaseModel], path: tuple[str | int, ...]) -> list[str]:
     for part in path:
-        field = model.model_fields.get(str(part))
-        annotation = field.annotation if field else None
+        field_info = model.model_fields.get(str(part))
+        annotation = field_info.annotation if field_info else None
         if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
             return []
         model = annotation
     return list(model.model_fields)
 
 
-def _describe(source: str, err: dict[str, Any]) -> str:
+def _describe(origin: dict[str, str], default_source: str, err: dict[str, Any]) -> str:
     loc = tuple(err["loc"])
+    dotted = ".".join(str(p) for p in loc)
+    source = origin.get(dotted) or origin.get(str(loc[0]) if loc else "") or default_source
     section = ".".join(str(p) for p in loc[:-1])
     key = str(loc[-1]) if loc else ""
     where = f"[{section}] {key}" if section else key
@@ -174,32 +190,100 @@ def _describe(source: str, err: dict[str, Any]) -> str:
 
 
 _FIXES: dict[tuple[str | int, ...], str] = {
-    ("cluster", "base_port"): "a port from 1024 to 65505 whose next 29 are free, e.g. 47000",
+    ("cluster", "name"): 'e.g. name = "lab-cluster"',
+    ("cluster", "base_port"): "",  # filled in below, from the default
     ("engines", "timeout"): "seconds, e.g. timeout = 60",
     ("jupyter", "port"): "e.g. port = 8888",
 }
 
 
-def parse(text: str, source: str = "cluster.toml") -> Config:
+BASE_PORT_FIX = (
+    f"a port from 1024 to {65535 - PORTS_USED} whose next {PORTS_USED - 1} are free, "
+    f"e.g. {ClusterSection().base_port}"
+)
+_FIXES[("cluster", "base_port")] = BASE_PORT_FIX
+
+
+DEFAULTS = "the defaults"
+
+
+@dataclass(frozen=True)
+class Layered:
+    """A node's config and, for each key a file set, the file that set it last."""
+
+    config: Config
+    files: list[Path] = field(default_factory=list)
+    """The files read, in order (the base file first when it exists)."""
+    origin: dict[str, str] = field(default_factory=dict)
+    """``"section.key"`` -> the file that set it; keys not here are defaults."""
+
+    def source_of(self, section: str, key: str) -> str:
+        """The file that set ``[section] key`` last, or "the defaults"."""
+        return self.origin.get(f"{section}.{key}", DEFAULTS)
+
+    def decided(self, decision: Any) -> str:
+        """Where the ``[roles]`` key behind a ``roles.Decision`` was set."""
+        section, key = decision.key.split(".", 1)
+        return self.source_of(section, key)
+
+    def describe(self) -> str:
+        """Every setting in effect, as TOML, each with the file that set it."""
+        out: list[str] = []
+        for name, section in self.config:
+            out.append(f"[{name}]")
+            for key, value in section.model_dump().items():
+                # One line per key: tomli_w puts each array item on a line of its own.
+                shown = " ".join(tomli_w.dumps({key: value}).split())
+                shown = shown.replace("[ ", "[").replace(", ]", "]")
+                out.append(f"{shown}  # {self.source_of(name, key)}")
+            out.append("")
+        return "\n".join(out)
+
+
+def _toml(text: str, source: str) -> dict[str, Any]:
     try:
-        data = tomllib.loads(text)
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(
             f"{source}: not valid TOML: {exc}. Fix: check quotes and [section] headers "
             "on that line."
         ) from None
+
+
+def _validate(data: dict[str, Any], origin: dict[str, str], source: str) -> Config:
     try:
         return Config.model_validate(data)
     except ValidationError as exc:
-        lines = [_describe(source, e) for e in exc.errors()]  # type: ignore[arg-type]
+        lines = [_describe(origin, source, e) for e in exc.errors()]  # type: ignore[arg-type]
         raise ConfigError("\n".join(lines)) from None
 
 
-def load(path: Path) -> Config:
+def _merge(
+    into: dict[str, Any], layer: dict[str, Any], origin: dict[str, str], source: str
+) -> None:
+    """A layer's tables merge key by key; anything else replaces (and is checked later)."""
+    for name, value in layer.items():
+        if isinstance(value, dict) and isinstance(into.get(name), dict):
+            into[name].update(value)
+        else:
+            into[name] = dict(value) if isinstance(value, dict) else value
+        origin[name] = source
+        if isinstance(value, dict):
+            origin.update({f"{name}.{key}": source for key in value})
+
+
+def parse(text: str, source: str = "cluster.toml") -> Config:
+    data = _toml(text, source)
+    origin: dict[str, str] = {}
+    _merge({}, data, origin, source)
+    return _validate(data, origin, source)
+
+
+def _read(path: Path) -> str | None:
     try:
-        text = path.read_text(encoding="utf-8")
+        return path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        return Config()
+        return None
     except PermissionError as exc:
         raise ConfigError(f"{path}: cannot read ({exc.strerror}). Fix: chmod 644 {path}") from None
     except UnicodeDecodeError:
@@ -208,25 +292,60 @@ def load(path: Path) -> Config:
         raise ConfigError(
             f"{path}: cannot read ({exc.strerror}). Fix: name the cluster.toml file itself"
         ) from None
-    return parse(text, str(path))
 
 
-def dumps(config: Config) -> str:
-    """The TOML form of a config (used by the card tool and the stage)."""
+def dropin_dir(path: Path) -> Path:
+    """``cluster.toml.d`` beside ``cluster.toml``: where card seeds add their layer."""
+    return path.with_name(path.name + DROPIN_SUFFIX)
 
-    def value(v: object) -> str:
-        if isinstance(v, bool):
-            return "true" if v else "false"
-        if isinstance(v, int | float):
-            return repr(v)
-        if isinstance(v, list):
-            return "[" + ", ".join(value(x) for x in v) + "]"
-        text = str(v).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-        return f'"{text}"'
 
+def load_layered(path: Path) -> Layered:
+    """``path`` then ``path.d/*.toml`` in name order, each merged over the last."""
+    directory = dropin_dir(path)
+    dropins = sorted(directory.glob("*.toml")) if directory.is_dir() else []
+    data: dict[str, Any] = {}
+    origin: dict[str, str] = {}
+    files: list[Path] = []
+    for layer in [path, *dropins]:
+        text = _read(layer)
+        if text is None:
+            continue
+        files.append(layer)
+        _merge(data, _toml(text, str(layer)), origin, str(layer))
+    return Layered(_validate(data, origin, str(path)), files, origin)
+
+
+def load(path: Path) -> Config:
+    return load_layered(path).config
+
+
+def dumps(data: dict[str, Any], header: str = "") -> str:
+    """TOML for a (partial) config, checked against the schema first: only what
+    ``data`` sets is written, so every other key keeps its one default."""
+    _validate(data, {}, "cluster.toml (generated)")
+    comments = "".join(f"# {line}\n".replace("# \n", "#\n") for line in header.splitlines())
+    return comments + tomli_w.dumps(data)
+
+
+def overrides(config: Config) -> dict[str, Any]:
+    """The keys of ``config`` that differ from the defaults, as ``dumps`` takes them."""
+    return {
+        name: changed
+        for name, section in config
+        if (changed := section.model_dump(exclude_defaults=True))
+    }
+
+
+def reference() -> str:
+    """Every key with its default and help, as a ``cluster.toml`` (the README's reference)."""
     out: list[str] = []
-    for section, model in config:
-        out.append(f"[{section}]")
-        out.extend(f"{key} = {value(v)}" for key, v in model)
+    for name, info in Config.model_fields.items():
+        section = info.annotation
+        assert isinstance(section, type) and issubclass(section, _Section)
+        out.append(f"[{name}]")
+        for key, value in section().model_dump().items():
+            help_text = " ".join((section.model_fields[key].description or "").split())
+            out.extend(textwrap.wrap(help_text, 78, initial_indent="# ", subsequent_indent="# "))
+            out.append(tomli_w.dumps({key: value}).strip())
         out.append("")
-    return "\n".join(out)
+    return "\n".join(out).rstrip() + "\n"

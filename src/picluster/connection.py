@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from picluster.config import PORTS_USED
 from picluster.secret import Keys
 
 ENGINE_PORTS = {
@@ -34,11 +35,10 @@ CLIENT_PORTS = {
     "notification": 13,
     "broadcast": 14,
 }
-PORT_RANGE = 30
 
 
 def ports_argument(base_port: int) -> str:
-    return f"{base_port}-{base_port + PORT_RANGE - 1}"
+    return f"{base_port}-{base_port + PORTS_USED - 1}"
 
 
 def _common(keys: Keys, location: str, curve: bool) -> dict[str, Any]:

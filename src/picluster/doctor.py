@@ -6,8 +6,6 @@ import contextlib
 import json
 import socket
 from collections.abc import Callable
-from dataclasses import dataclass
-from enum import StrEnum
 from pathlib import Path
 
 from rich.console import Console
@@ -15,7 +13,8 @@ from rich.markup import escape
 from rich.table import Table
 
 from picluster import config, roles, secret
-from picluster.connection import PORT_RANGE
+from picluster.config import PORTS_USED
+from picluster.findings import Finding, Level, has_errors
 from picluster.paths import Paths, hostname
 
 IFF_UP = 0x1
@@ -23,49 +22,42 @@ IFF_LOOPBACK = 0x8
 IFF_MULTICAST = 0x1000
 
 
-class Level(StrEnum):
-    OK = "ok"
-    WARN = "warning"
-    FAIL = "fail"
-
-
-@dataclass(frozen=True)
-class Check:
-    name: str
-    level: Level
-    message: str
-
-
-def check_config(paths: Paths) -> tuple[Check, config.Config | None]:
-    if not paths.config.exists():
-        return Check("config", Level.OK, f"{paths.config} absent: all defaults"), config.Config()
+def check_config(paths: Paths) -> tuple[Finding, config.Layered | None]:
     try:
-        cfg = config.load(paths.config)
+        layered = config.load_layered(paths.config)
     except config.ConfigError as exc:
-        return Check("config", Level.FAIL, str(exc)), None
-    return Check("config", Level.OK, f"{paths.config} is valid"), cfg
+        return Finding("config", Level.FAIL, str(exc)), None
+    if not layered.files:
+        return Finding("config", Level.OK, f"{paths.config} absent: all defaults"), layered
+    files = " + ".join(map(str, layered.files))
+    return Finding(
+        "config",
+        Level.OK,
+        f"{files} {'is' if len(layered.files) == 1 else 'are'} valid "
+        "(`picluster config` shows which file set each value)",
+    ), layered
 
 
-def check_role(cfg: config.Config | None, source: Path) -> Check:
-    if cfg is None:
-        return Check("role", Level.FAIL, "unknown until the config is fixed")
+def check_role(layered: config.Layered | None) -> Finding:
+    if layered is None:
+        return Finding("role", Level.FAIL, "unknown until the config is fixed")
     try:
-        decision = roles.decide(hostname(), cfg)
+        decision = roles.decide(hostname(), layered.config)
     except roles.RoleError as exc:
-        return Check("role", Level.FAIL, str(exc))
-    return Check("role", Level.OK, decision.explain(str(source)))
+        return Finding("role", Level.FAIL, str(exc))
+    return Finding("role", Level.OK, decision.explain(layered.decided(decision)))
 
 
-def check_secret(paths: Paths) -> Check:
+def check_secret(paths: Paths) -> Finding:
     path = secret.credential_path(paths.secret)
     try:
         keys = secret.Keys.derive(secret.load(path))
     except secret.SecretError as exc:
-        return Check("secret", Level.FAIL, str(exc))
+        return Finding("secret", Level.FAIL, str(exc))
     problems = secret.check_permissions(path) if path == paths.secret else []
     if problems:
-        return Check("secret", Level.FAIL, " ".join(problems))
-    return Check("secret", Level.OK, f"{path} is private; key fingerprint {keys.fingerprint}")
+        return Finding("secret", Level.FAIL, " ".join(problems))
+    return Finding("secret", Level.OK, f"{path} is private; key fingerprint {keys.fingerprint}")
 
 
 def multicast_interfaces(sys_net: Path = Path("/sys/class/net")) -> list[str]:
@@ -78,47 +70,47 @@ def multicast_interfaces(sys_net: Path = Path("/sys/class/net")) -> list[str]:
     return out
 
 
-def check_multicast(sys_net: Path = Path("/sys/class/net")) -> Check:
+def check_multicast(sys_net: Path = Path("/sys/class/net")) -> Finding:
     from picluster.discovery import lan_addresses
 
     ifaces = multicast_interfaces(sys_net)
     if not ifaces:
-        return Check(
+        return Finding(
             "multicast",
             Level.FAIL,
             "no network interface is up with multicast: mDNS cannot find the controller. "
             'Fix: connect Ethernet/Wi-Fi, or set [cluster] controller = "<address>"',
         )
     if not lan_addresses():
-        return Check(
+        return Finding(
             "multicast",
             Level.FAIL,
             f"{', '.join(ifaces)} up but no IPv4 address. Fix: check DHCP on your router "
             "(or the card's network-config)",
         )
-    return Check("multicast", Level.OK, f"multicast-capable: {', '.join(ifaces)}")
+    return Finding("multicast", Level.OK, f"multicast-capable: {', '.join(ifaces)}")
 
 
-def check_ports(cfg: config.Config | None, paths: Paths) -> Check:
+def check_ports(cfg: config.Config | None, paths: Paths) -> Finding:
     if cfg is None:
-        return Check("ports", Level.FAIL, "unknown until the config is fixed")
+        return Finding("ports", Level.FAIL, "unknown until the config is fixed")
     base = cfg.cluster.base_port
     busy = []
-    for port in range(base, base + PORT_RANGE):
+    for port in range(base, base + PORTS_USED):
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
             try:
                 sock.bind(("0.0.0.0", port))
             except OSError:
                 busy.append(port)
     if not busy:
-        return Check("ports", Level.OK, f"{base}-{base + PORT_RANGE - 1} free")
+        return Finding("ports", Level.OK, f"{base}-{base + PORTS_USED - 1} free")
     with contextlib.suppress(OSError, ValueError):
         state = json.loads(paths.status_file.read_text())
         if state.get("role") == "controller" and state.get("state") == "running":
-            return Check(
-                "ports", Level.OK, f"{base}-{base + PORT_RANGE - 1} used by our controller"
+            return Finding(
+                "ports", Level.OK, f"{base}-{base + PORTS_USED - 1} used by our controller"
             )
-    return Check(
+    return Finding(
         "ports",
         Level.FAIL if cfg is not None else Level.WARN,
         f"ports in use by another program: {', '.join(map(str, busy[:5]))}"
@@ -126,10 +118,10 @@ def check_ports(cfg: config.Config | None, paths: Paths) -> Check:
     )
 
 
-def check_encryption(cfg: config.Config | None) -> Check:
+def check_encryption(cfg: config.Config | None) -> Finding:
     if cfg is None or cfg.cluster.curve:
-        return Check("encryption", Level.OK, "CurveZMQ (keys derived from the secret)")
-    return Check(
+        return Finding("encryption", Level.OK, "CurveZMQ (keys derived from the secret)")
+    return Finding(
         "encryption",
         Level.WARN,
         "curve = false: the cluster's traffic (engine output, results) crosses the LAN in "
@@ -138,9 +130,10 @@ def check_encryption(cfg: config.Config | None) -> Check:
     )
 
 
-def run_checks(paths: Paths) -> list[Check]:
-    cfg_check, cfg = check_config(paths)
-    checks = [cfg_check, check_role(cfg, paths.config), check_secret(paths), check_multicast()]
+def run_checks(paths: Paths) -> list[Finding]:
+    cfg_check, layered = check_config(paths)
+    cfg = layered.config if layered else None
+    checks = [cfg_check, check_role(layered), check_secret(paths), check_multicast()]
     checks.append(check_encryption(cfg))
     role_ok = checks[1].level is Level.OK and cfg is not None
     if role_ok and cfg is not None and roles.decide(hostname(), cfg).role is roles.Role.CONTROLLER:
@@ -151,7 +144,7 @@ def run_checks(paths: Paths) -> list[Check]:
 def main(
     paths: Paths,
     console: Console | None = None,
-    runner: Callable[[Paths], list[Check]] = run_checks,
+    runner: Callable[[Paths], list[Finding]] = run_checks,
 ) -> int:
     console = console or Console()
     checks = runner(paths)
@@ -165,6 +158,6 @@ def main(
         Level.FAIL: "[red]FAIL[/red]",
     }
     for check in checks:
-        table.add_row(check.name, style[check.level], escape(check.message))
+        table.add_row(check.rule, style[check.level], escape(check.message))
     console.print(table)
-    return 1 if any(c.level is Level.FAIL for c in checks) else 0
+    return 1 if has_errors(checks) else 0

@@ -29,6 +29,7 @@ from typing import Any
 from picluster import clusterfile
 from picluster.config import Config, JupyterSection
 from picluster.connection import client_info, dumps
+from picluster.errors import ConfigurationError
 from picluster.files import atomic_write_text
 from picluster.secret import Keys
 
@@ -41,7 +42,7 @@ EXAMPLES_DIR = "examples"
 ANY_ADDRESS = ("", "0.0.0.0", "::", "*")
 
 
-class JupyterError(Exception):
+class JupyterError(ConfigurationError):
     """Something a person must fix before JupyterLab can start (exit status 78)."""
 
 
@@ -176,8 +177,8 @@ def prepare(config: Config, keys: Keys, home: Path) -> Launch:
     if os.geteuid() == 0:
         raise JupyterError(
             "refusing to run JupyterLab as root: notebooks run arbitrary code. "
-            "Fix: start it as the first user (the unit's User=, or [jupyter] user in "
-            "/etc/picluster/cluster.toml)"
+            "Fix: run `picluster jupyter`, which drops to [jupyter] user (in "
+            "/etc/picluster/cluster.toml) before it starts the server"
         )
     section = config.jupyter
     root_dir = expand_root(section, home)

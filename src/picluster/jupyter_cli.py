@@ -8,26 +8,35 @@ import os
 import sys
 from pathlib import Path
 
-from picluster import config, jupyter, secret
+from picluster import config, jupyter, secret, users
+from picluster.errors import EX_CONFIG, ConfigurationError
 from picluster.node_cli import _logging, _path_options, _paths
 from picluster.paths import hostname
 
 log = logging.getLogger("picluster.jupyter")
-
-EX_CONFIG = 78
 
 
 def cmd_jupyter(args: argparse.Namespace) -> int:
     _logging()
     paths = _paths(args)
     try:
-        cfg = config.load(paths.config)
+        layered = config.load_layered(paths.config)
+        cfg = layered.config
         if not cfg.jupyter.enabled:
             log.info("JupyterLab is disabled ([jupyter] enabled = false in %s)", paths.config)
             return 0
         keys = secret.Keys.derive(secret.load(secret.credential_path(paths.secret)))
+        if os.geteuid() == 0:
+            # The unit starts as root only to read the secret: [jupyter] user is the
+            # one place that names who runs the server, so no User= repeats it.
+            where = f"{layered.source_of('jupyter', 'user')}: [jupyter] user"
+            user = users.first_user(cfg.jupyter.user, where)
+            runtime = os.environ.get("RUNTIME_DIRECTORY")
+            if runtime:
+                os.chown(runtime.split(":")[0], user.pw_uid, user.pw_gid)
+            users.become(user)
         launch = jupyter.prepare(cfg, keys, Path.home())
-    except (config.ConfigError, secret.SecretError, jupyter.JupyterError) as exc:
+    except ConfigurationError as exc:
         log.error("%s", exc)
         return EX_CONFIG
     login = "the password from the card seed" if cfg.jupyter.password_hash else "the token"
@@ -47,11 +56,7 @@ def cmd_jupyter(args: argparse.Namespace) -> int:
 
 def cmd_url(args: argparse.Namespace) -> int:
     paths = _paths(args)
-    try:
-        cfg = config.load(paths.config)
-    except config.ConfigError as exc:
-        print(f"picluster: {exc}", file=sys.stderr)
-        return EX_CONFIG
+    cfg = config.load(paths.config)
     if args.port:
         cfg = cfg.model_copy(update={"jupyter": cfg.jupyter.model_copy(update={"port": args.port})})
     host = args.host or (
@@ -68,12 +73,10 @@ def cmd_url(args: argparse.Namespace) -> int:
         # server's private config holds the token it needs.
         token = None if args.secret else jupyter.running_token()
         if token is None:
-            print(
-                f"picluster: {exc}\n(or run this as root, or on the build host with "
-                "--secret deploy/<name>.secret --host <controller>.local)",
-                file=sys.stderr,
-            )
-            return EX_CONFIG
+            raise ConfigurationError(
+                f"{exc}\n(or run this as root, or on the build host with "
+                "--secret deploy/<name>.secret --host <controller>.local)"
+            ) from exc
         print(jupyter.url(cfg.jupyter, None, host, token=token))
         return 0
     print(jupyter.url(cfg.jupyter, keys, host))

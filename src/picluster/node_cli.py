@@ -5,15 +5,12 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import pwd
 import sys
-from collections.abc import Callable
 from pathlib import Path
 
-from picluster import config, roles, secret
+from picluster import config, roles, secret, users
+from picluster.errors import ConfigurationError, PiclusterError
 from picluster.paths import Paths, hostname
-
-EX_CONFIG = 78
 
 
 def _paths(args: argparse.Namespace) -> Paths:
@@ -43,15 +40,19 @@ def _logging() -> None:
 
 def cmd_role(args: argparse.Namespace) -> int:
     paths = _paths(args)
-    try:
-        cfg = config.load(paths.config)
-        decision = roles.decide(hostname(), cfg)
-    except (config.ConfigError, roles.RoleError) as exc:
-        print(f"picluster: {exc}", file=sys.stderr)
-        return EX_CONFIG
+    layered = config.load_layered(paths.config)
+    decision = roles.decide(hostname(), layered.config)
     if args.is_role:
         return 0 if decision.role == args.is_role else 1
-    print(decision.explain(str(paths.config)))
+    print(decision.explain(layered.decided(decision)))
+    return 0
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    paths = _paths(args)
+    layered = config.load_layered(paths.config)
+    read = ", ".join(map(str, layered.files)) or f"none ({paths.config} absent)"
+    print(f"# files read, in order: {read}\n{layered.describe()}", end="")
     return 0
 
 
@@ -65,11 +66,7 @@ def cmd_agent(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     from picluster import status
 
-    try:
-        return status.main(_paths(args), args.wait, args.json)
-    except config.ConfigError as exc:
-        print(f"picluster: {exc}", file=sys.stderr)
-        return EX_CONFIG
+    return status.main(_paths(args), args.wait, args.json)
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
@@ -81,42 +78,26 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 def cmd_secret_new(args: argparse.Namespace) -> int:
     path: Path = args.path
     if path.exists() and not args.force:
-        print(
-            f"picluster: {path} exists; it is the root of your cluster's trust. "
-            "Use --force to replace it (every card then needs the new one).",
-            file=sys.stderr,
+        raise PiclusterError(
+            f"{path} exists; it is the root of your cluster's trust. "
+            "Use --force to replace it (every card then needs the new one)."
         )
-        return 1
     secret.write(path, secret.generate())
     print(f"wrote a new cluster secret to {path} (mode 0600)")
     return 0
 
 
-def first_user(name: str) -> pwd.struct_passwd:
-    if name:
-        return pwd.getpwnam(name)
-    users = sorted((p for p in pwd.getpwall() if 1000 <= p.pw_uid < 60000), key=lambda p: p.pw_uid)
-    if not users:
-        raise KeyError("no user with uid >= 1000")
-    return users[0]
-
-
 def cmd_client_file(args: argparse.Namespace) -> int:
     """Write ipcontroller-client.json where ``ipp.Client()`` looks for it."""
     paths = _paths(args)
-    try:
-        cfg = config.load(paths.config)
-        keys = secret.Keys.derive(secret.load(secret.credential_path(paths.secret)))
-        user = first_user(args.user if args.user is not None else cfg.jupyter.user)
-    except (config.ConfigError, secret.SecretError) as exc:
-        print(f"picluster: {exc}", file=sys.stderr)
-        return EX_CONFIG
-    except KeyError as exc:
-        print(
-            f"picluster: no such user ({exc}). Fix: [jupyter] user in {paths.config}",
-            file=sys.stderr,
-        )
-        return EX_CONFIG
+    layered = config.load_layered(paths.config)
+    cfg = layered.config
+    keys = secret.Keys.derive(secret.load(secret.credential_path(paths.secret)))
+    if args.user is not None:
+        user = users.first_user(args.user, "--user")
+    else:
+        where = f"{layered.source_of('jupyter', 'user')}: [jupyter] user"
+        user = users.first_user(cfg.jupyter.user, where)
     from picluster import clusterfile, jupyter  # ipyparallel: only this command needs it
 
     ipdir = args.ipython_dir or Path(user.pw_dir) / ".ipython"
@@ -125,45 +106,16 @@ def cmd_client_file(args: argparse.Namespace) -> int:
         if os.geteuid() == 0 and user.pw_uid != 0:
             # As the user, not as root: a symlink they planted in ~/.ipython then
             # leads only where they could write anyway, and what is made is theirs.
-            as_user(user, lambda: jupyter.write_client_file(ipdir, cfg, keys))
+            users.as_user(user, lambda: jupyter.write_client_file(ipdir, cfg, keys))
         else:
             jupyter.write_client_file(ipdir, cfg, keys)
     except OSError as exc:
-        print(
-            f"picluster: cannot write {target} as {user.pw_name}: {exc.strerror or exc}. Fix: "
-            f"make {ipdir} a directory {user.pw_name} owns (no symlink out of their home)",
-            file=sys.stderr,
-        )
-        return EX_CONFIG
+        raise ConfigurationError(
+            f"cannot write {target} as {user.pw_name}: {exc.strerror or exc}. Fix: "
+            f"make {ipdir} a directory {user.pw_name} owns (no symlink out of their home)"
+        ) from exc
     print(f"wrote {target} for {user.pw_name}")
     return 0
-
-
-def as_user(user: pwd.struct_passwd, work: Callable[[], object]) -> None:
-    """Run ``work`` in a child process with the user's uid, gid and groups; its OSError
-    comes back as an OSError here."""
-    read, write = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the child: never returns into the caller's code
-        os.close(read)
-        code = 1  # anything but a clean return is a failure
-        try:
-            os.setgroups(os.getgrouplist(user.pw_name, user.pw_gid))
-            os.setgid(user.pw_gid)
-            os.setuid(user.pw_uid)
-            work()
-            code = 0
-        except OSError as exc:
-            os.write(write, f"{exc.errno or 0} {exc.strerror or exc}".encode())
-        finally:
-            os._exit(code)
-    os.close(write)
-    with os.fdopen(read, "rb") as fh:
-        report = fh.read().decode(errors="replace")
-    _, status = os.waitpid(pid, 0)
-    if os.waitstatus_to_exitcode(status) != 0:
-        errno_text, _, text = report.partition(" ")
-        raise OSError(int(errno_text or 0), text or "failed as that user")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -192,6 +144,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     _path_options(p)
     p.set_defaults(func=cmd_status)
+
+    p = subparsers.add_parser(
+        "config", help="print the settings in effect and the file that set each one"
+    )
+    _path_options(p)
+    p.set_defaults(func=cmd_config)
 
     p = subparsers.add_parser("doctor", help="check this node and say what to fix")
     _path_options(p)

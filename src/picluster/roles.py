@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import fnmatch
-import re
 from dataclasses import dataclass
 from enum import StrEnum
 
 from picluster.config import Config
-
-HOSTNAME = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
+from picluster.errors import ConfigurationError
+from picluster.names import LABEL_RULE, is_label
 
 
 class Role(StrEnum):
@@ -17,7 +16,7 @@ class Role(StrEnum):
     ENGINE = "engine"
 
 
-class RoleError(Exception):
+class RoleError(ConfigurationError):
     """This hostname cannot be given a role; ``str()`` says why and what to do."""
 
 
@@ -38,10 +37,9 @@ class Decision:
 
 
 def check_hostname(name: str) -> None:
-    if not HOSTNAME.match(name):
+    if not is_label(name):
         raise RoleError(
-            f"hostname {name!r} is not a valid name for the network: use 1-63 lower-case "
-            "letters, digits and '-', not starting or ending with '-'. "
+            f"hostname {name!r} is not a valid name for the network: use {LABEL_RULE}. "
             "Fix: set the card's hostname (seed 'hostname:' or Raspberry Pi Imager) "
             "to e.g. 'engine-3' or 'controller'"
         )

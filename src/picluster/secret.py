@@ -19,6 +19,7 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
+from picluster.errors import ConfigurationError
 from picluster.files import atomic_write
 
 SECRET_BYTES = 32
@@ -38,7 +39,7 @@ apart with certainty in practice and are useless to an attacker because they
 come out of HKDF, not out of the key itself."""
 
 
-class SecretError(Exception):
+class SecretError(ConfigurationError):
     """The secret file is missing, unreadable, malformed or too open."""
 
 

@@ -213,6 +213,11 @@ def test_jupyterlab_requires_the_token(booted, tmp_path):
         capture_output=True, text=True, check=True,
     ).stdout.strip().split("token=")[1]  # fmt: skip
     assert get(f"/api/contents?token={token}") == 200
+    # The unit starts as root only to read the secret; the server is the first user's.
+    owner = ssh_ok(
+        cluster, 0, "ps -o user= -p $(systemctl show -p MainPID --value picluster-jupyter)"
+    )
+    assert owner.strip() == cluster.user, owner
 
 
 def test_second_boot_forms_again_without_first_boot_work(booted):

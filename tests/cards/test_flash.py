@@ -17,8 +17,15 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from rich.console import Console
+from rich.progress import Progress
 
 from picluster.cards import bootfs, flash
+from picluster.cards.bmap import parse_bmap
+from picluster.cards.device import Device, system_disks
+from picluster.cards.errors import FlashError
+from picluster.cards.progress import default_progress
+from picluster.cards.writer import verify, write_image
 from picluster.cli import main
 from tests.cards import images
 
@@ -106,7 +113,7 @@ def test_mounted_device_is_refused(tmp_path, test_image, card, capsys):
 
 @needs_root
 def test_system_disk_is_refused_even_with_force(tmp_path, test_image, capsys):
-    disks = sorted(flash.system_disks())
+    disks = sorted(system_disks())
     if not disks or not Path(f"/dev/{disks[0]}").exists():
         pytest.skip("the root file system is not on a block device here")
     rc = main(["flash", str(test_image.xz), f"/dev/{disks[0]}", "--yes", "--force"])
@@ -171,21 +178,21 @@ def test_verify_detects_a_changed_byte(tmp_path):
     target.write_bytes(data)
     fd = os.open(target, os.O_RDWR)
     try:
-        written = flash.write_image(io.BytesIO(data), fd, None, lambda n: None)
+        written = write_image(io.BytesIO(data), fd, None, lambda n: None)
         os.pwrite(fd, b"\xff", 2 << 20)
         os.fsync(fd)
     finally:
         os.close(fd)
     fd = os.open(target, os.O_RDONLY)
     try:
-        with pytest.raises(flash.FlashError, match="verification failed"):
-            flash.verify(fd, target, written, lambda n: None)
+        with pytest.raises(FlashError, match="verification failed"):
+            verify(fd, target, written, lambda n: None)
     finally:
         os.close(fd)
 
 
 def test_image_not_matching_its_bmap(tmp_path, test_image):
-    bmap = flash.parse_bmap(test_image.bmap)
+    bmap = parse_bmap(test_image.bmap)
     data = bytearray(test_image.img.read_bytes())
     start, length, _ = bmap.ranges[-1]
     data[start + length - 1] ^= 0xFF
@@ -193,8 +200,8 @@ def test_image_not_matching_its_bmap(tmp_path, test_image):
     target.write_bytes(b"")
     fd = os.open(target, os.O_RDWR)
     try:
-        with pytest.raises(flash.FlashError, match="does not match its bmap"):
-            flash.write_image(io.BytesIO(bytes(data)), fd, bmap, lambda n: None)
+        with pytest.raises(FlashError, match="does not match its bmap"):
+            write_image(io.BytesIO(bytes(data)), fd, bmap, lambda n: None)
     finally:
         os.close(fd)
 
@@ -209,7 +216,7 @@ def test_a_name_repointed_during_the_prompt_is_not_followed(tmp_path, test_image
         name = tmp_path / "sdcard"
         name.symlink_to(good)
 
-        def confirm(device: flash.Device, image: Path) -> bool:
+        def confirm(device: Device, image: Path) -> bool:
             name.unlink()
             name.symlink_to(refused)  # what an attacker (or udev) could do meanwhile
             return True
@@ -219,5 +226,5 @@ def test_a_name_repointed_during_the_prompt_is_not_followed(tmp_path, test_image
         check_card(good, card, test_image, tmp_path)
 
 
-def quiet() -> flash.Progress:
-    return flash.default_progress(flash.Console(file=io.StringIO()))
+def quiet() -> Progress:
+    return default_progress(Console(file=io.StringIO()))

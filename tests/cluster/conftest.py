@@ -4,7 +4,6 @@ from pathlib import Path
 
 import pytest
 
-from picluster import secret
 from tests.harness.cluster import Cluster
 
 ARTIFACTS = Path(__file__).resolve().parents[2] / "artifacts" / "cluster"
@@ -45,8 +44,3 @@ def pytest_runtest_makereport(item, call):
     if rep.when == "call":
         item.rep_call_failed = rep.failed
     return rep
-
-
-@pytest.fixture
-def cluster_secret():
-    return secret.generate()

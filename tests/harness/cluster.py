@@ -77,6 +77,13 @@ class Node:
                 argv, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
             )
 
+    def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        """``picluster <args>`` as root on this host, with this card's config and secret."""
+        return self.host.run(
+            sys.executable, "-m", "picluster", *args,
+            "--config", str(self.config), "--secret", str(self.secret), check=check,
+        )  # fmt: skip
+
     def status(self) -> dict:
         try:
             return json.loads((self.state_dir / "agent-status.json").read_text())

@@ -25,6 +25,19 @@ def test_extra_fragment_and_environment_override(tmp_path, monkeypatch):
     monkeypatch.setenv("PICLUSTER_BASE_PORT", "12000")
     s = settings.load(REPO / "config", extra)
     assert (s.img_name, s.cluster_name, s.base_port) == ("lab", "lab", 12000)
+    assert s.node_overrides() == {"cluster": {"name": "lab", "base_port": 12000}}
+
+
+def test_node_settings_left_empty_keep_the_node_defaults():
+    s = settings.load(REPO / "config")
+    assert s.node_overrides() == {}, "config must not repeat a node default"
+    assert settings.shell_exports(s)["PICLUSTER_BASE_PORT"] == ""
+
+
+def test_pigen_is_pinned_to_the_arm64_release_tag():
+    s = settings.load(REPO / "config")
+    # 2026-06-18-raspios-trixie-arm64 on pi-gen's arm64 branch.
+    assert (s.pigen_branch, s.pigen_commit) == ("arm64", "ca8aeed0ae300c2a89f55ce9617d5f96a27e99e5")
 
 
 @pytest.mark.parametrize(
@@ -34,13 +47,20 @@ def test_extra_fragment_and_environment_override(tmp_path, monkeypatch):
         ("FIRST_USER_PASS=raspberry\n", "FIRST_USER_PASS"),
         ("IMG_NAME='my image'\n", "IMG_NAME='my image'"),
         ("PICLUSTER_BASE=ubuntu\n", "PICLUSTER_BASE='ubuntu'"),
-        ("PICLUSTER_ENGINES_PER_NODE=many\n", "'auto' (one per core) or a whole number"),
+        (
+            "PICLUSTER_ENGINES_PER_NODE=many\n",
+            "PICLUSTER_ENGINES_PER_NODE='many': must be \"auto\"",
+        ),
+        ("PICLUSTER_BASE_PORT=80\n", "PICLUSTER_BASE_PORT='80': Input should be greater than"),
+        ("PICLUSTER_CLUSTER_NAME=Lab\n", "PICLUSTER_CLUSTER_NAME='Lab': must be a DNS label"),
+        ("IMG_NAME=\n", "IMG_NAME is not set. Fix: set IMG_NAME"),
         ("COMPRESSION_LEVEL=12\n", "COMPRESSION_LEVEL"),
         ("if then\n", "bash could not source it"),
         ('TIMEZONE_DEFAULT="Europe/London; reboot"\n', "not a time zone name"),
         ("LOCALE_DEFAULT='en_GB.UTF-8 $(id)'\n", "not a locale name"),
         ("KEYBOARD_KEYMAP='gb\nrm -rf /'\n", "not a keymap name"),
-        ('TARGET_HOSTNAME="Not A Hostname!"\n', "not a hostname"),
+        ('TARGET_HOSTNAME="Not A Hostname!"\n', "must be a DNS label"),
+        ("FIRST_USER_NAME=root\n", "FIRST_USER_NAME='root': must be a Linux user name"),
     ],
 )
 def test_bad_settings_name_file_variable_and_fix(tmp_path, text, expected):
@@ -61,7 +81,7 @@ def test_missing_extra_config_is_named(tmp_path):
 def test_shell_exports_use_pi_gen_names():
     env = settings.shell_exports(settings.load(REPO / "config"))
     assert env["FIRST_USER_NAME"] == "pi"
-    assert env["PICLUSTER_CLUSTER_NAME"] == "picluster"
+    assert env["PICLUSTER_CLUSTER_NAME"] == "", "unset: the node default applies"
     assert "first_user_name" not in env
 
 

@@ -25,7 +25,8 @@ def error(text: str) -> str:
 def test_engines_count_expands_to_controller_and_engines():
     m = parse(BASE + "engines = 3\n")
     assert [c.hostname for c in m.cards()] == ["controller", "engine-1", "engine-2", "engine-3"]
-    assert m.user == "pi" and m.secret == "generate" and m.base_port == 47000
+    # Unset means the image's: its first user, its secret, its base port.
+    assert m.user is None and m.secret == "" and m.base_port is None
 
 
 def test_example_manifest_is_valid(tmp_path):
@@ -47,13 +48,18 @@ def test_card_list_with_static_addresses():
     )
     head, node = m.cards()
     assert head.address == "192.168.1.10/24" and node.mac == "dc:a6:32:01:02:03"
-    config = manifest.runtime_config(m)
-    assert config.cluster.controller == "", "mDNS stays on unless discovery = static"
-    assert config.jupyter.user == "pi"
+    assert manifest.node_overrides(m) == {"cluster": {"name": "lab"}}, (
+        "mDNS stays on unless discovery = static; the image's user and port stay"
+    )
     static = parse(
         BASE + 'discovery = "static"\n[[card]]\nhostname = "head"\naddress = "192.168.1.10/24"\n'
     )
-    assert manifest.runtime_config(static).cluster.controller == "192.168.1.10"
+    assert manifest.node_overrides(static)["cluster"]["controller"] == "192.168.1.10"
+    named = parse(BASE + 'user = "alice"\nbase_port = 20000\nengines = 1\n')
+    assert manifest.node_overrides(named) == {
+        "cluster": {"name": "lab", "base_port": 20000},
+        "jupyter": {"user": "alice"},
+    }
 
 
 def test_static_discovery_needs_the_controller_address():
@@ -76,7 +82,7 @@ def test_unknown_key_in_card_names_the_card():
 
 def test_missing_required_key_says_what_to_add():
     msg = error("engines = 2\n")
-    assert 'm.toml: cluster: required key is missing. Fix: e.g. cluster = "lab"' in msg
+    assert "cluster" not in msg, "unset, the cluster is the image's"
     assert "ssh_keys: required key is missing" in msg
 
 

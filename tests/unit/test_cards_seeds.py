@@ -56,6 +56,10 @@ def user_data(seed: seeds.Seed) -> dict:
     return yaml.safe_load(text)
 
 
+def written(data: dict) -> dict[str, dict]:
+    return {f["path"]: f for f in data["write_files"]}
+
+
 def test_user_data_contents():
     value = secret.generate()
     seed = by_host(seeds.render(loaded("engines = 2\n"), value))["engine-1"]
@@ -63,21 +67,25 @@ def test_user_data_contents():
     assert data["hostname"] == "engine-1" and data["fqdn"] == "engine-1.local"
     assert data["preserve_hostname"] is False and data["manage_etc_hosts"] is True
     assert data["ssh_pwauth"] is False
-    (user,) = data["users"]
-    assert user["name"] == "pi" and user["lock_passwd"] is True
-    assert user["ssh_authorized_keys"] == [KEY]
-    assert "sudo" in user["groups"].split(", ")
-    assert not {"passwd", "hashed_passwd", "plain_text_passwd"} & set(user)
+    # No user named: the image's own first user (cloud-init's default user) gets the keys.
+    assert data["users"] == ["default"]
+    assert data["ssh_authorized_keys"] == [KEY]
     assert not {"packages", "package_update", "package_upgrade", "apt", "runcmd"} & set(data)
-    files = {f["path"]: f for f in data["write_files"]}
+    files = written(data)
     sec = files["/etc/picluster/secret"]
     assert sec["permissions"] == "0600" and sec["owner"] == "root:root"
     assert secret.parse(sec["content"]) == value
-    cfg = files["/etc/picluster/cluster.toml"]
+    # The card's layer over the image's cluster.toml: only what the manifest sets.
+    cfg = files[seeds.CONFIG_DROPIN]
+    assert seeds.CONFIG_DROPIN == "/etc/picluster/cluster.toml.d/50-card.toml"
     assert cfg["permissions"] == "0644"
-    parsed = config.parse(cfg["content"])
-    assert parsed.cluster.name == "lab" and parsed.cluster.controller == ""
-    assert seeds.JUPYTER_DROPIN not in files  # user pi is the image's default
+    assert config.overrides(config.parse(cfg["content"])) == {"cluster": {"name": "lab"}}
+    assert seeds.CONFIG_PATH not in files, "the image's own cluster.toml is never replaced"
+
+
+def test_cards_keep_the_image_secret_unless_the_manifest_names_one():
+    data = user_data(seeds.render(loaded("engines = 1\n"), None)[0])
+    assert list(written(data)) == [seeds.CONFIG_DROPIN]
 
 
 def test_meta_data_and_role():
@@ -97,13 +105,16 @@ def test_instance_ids_unique_per_card_and_per_run():
     assert not set(first) & set(second)
 
 
-def test_other_user_gets_jupyter_dropin_and_config():
+def test_a_named_user_is_created_and_runs_jupyter():
     items = by_host(seeds.render(loaded(FULL), secret.generate()))
     data = user_data(items["engine-2"])
-    assert data["users"][0]["name"] == "alice"
-    files = {f["path"]: f for f in data["write_files"]}
-    assert files[seeds.JUPYTER_DROPIN]["content"] == "[Service]\nUser=alice\n"
-    cfg = config.parse(files["/etc/picluster/cluster.toml"]["content"])
+    (user,) = data["users"]
+    assert user["name"] == "alice" and user["lock_passwd"] is True
+    assert user["ssh_authorized_keys"] == [KEY]
+    assert "sudo" in user["groups"].split(", ")
+    assert not {"passwd", "hashed_passwd", "plain_text_passwd"} & set(user)
+    files = written(data)
+    cfg = config.parse(files[seeds.CONFIG_DROPIN]["content"])
     assert cfg.jupyter.user == "alice"
     assert cfg.cluster.base_port == 48000
     # discovery = static: the controller's address goes to every card, no mDNS.
@@ -163,7 +174,7 @@ def write_manifest(tmp_path, extra: str) -> Path:
 
 
 def test_cards_command_never_prints_secrets(tmp_path, capsys):
-    path = write_manifest(tmp_path, FULL.replace('user = "alice"\n', ""))
+    path = write_manifest(tmp_path, FULL.replace('user = "alice"\n', 'secret = "generate"\n'))
     out = tmp_path / "cards"
     assert main(["cards", str(path), "--out", str(out), "-v"]) == 0
     printed = capsys.readouterr()
@@ -180,7 +191,7 @@ def test_cards_command_never_prints_secrets(tmp_path, capsys):
 
 
 def test_generated_secret_is_reused_on_rerun(tmp_path, capsys):
-    path = write_manifest(tmp_path, "engines = 1\n")
+    path = write_manifest(tmp_path, 'engines = 1\nsecret = "generate"\n')
     out = tmp_path / "cards"
     assert main(["cards", str(path), "--out", str(out)]) == 0
     first = secret.load(tmp_path / "lab.secret")
@@ -188,7 +199,7 @@ def test_generated_secret_is_reused_on_rerun(tmp_path, capsys):
     assert "reusing" in capsys.readouterr().out
     assert secret.load(tmp_path / "lab.secret") == first
     data = yaml.safe_load((out / "engine-1" / "user-data").read_text())
-    assert secret.parse(data["write_files"][0]["content"]) == first
+    assert secret.parse(written(data)[seeds.SECRET_PATH]["content"]) == first
 
 
 @pytest.mark.parametrize(
@@ -199,7 +210,7 @@ def test_generate_refuses_a_secret_file_others_could_have_planted(
     tmp_path, capsys, mode, owner, expected
 ):
     """A file beside the output that another user owns or could read is not reused."""
-    path = write_manifest(tmp_path, "engines = 1\n")
+    path = write_manifest(tmp_path, 'engines = 1\nsecret = "generate"\n')
     planted = tmp_path / "lab.secret"
     planted.write_text("00" * 32 + "\n")
     planted.chmod(mode)
@@ -220,7 +231,16 @@ def test_secret_from_build_file(tmp_path):
     path = write_manifest(tmp_path, 'engines = 1\nsecret = "deploy/img.secret"\n')
     assert main(["cards", str(path), "--out", str(tmp_path / "c")]) == 0
     data = yaml.safe_load((tmp_path / "c" / "controller" / "user-data").read_text())
-    assert secret.parse(data["write_files"][0]["content"]) == value
+    assert secret.parse(written(data)[seeds.SECRET_PATH]["content"]) == value
+
+
+def test_cards_command_says_the_cards_keep_the_image_secret(tmp_path, capsys):
+    path = write_manifest(tmp_path, "engines = 1\n")
+    assert main(["cards", str(path), "--out", str(tmp_path / "c")]) == 0
+    assert "secret: the image's own" in capsys.readouterr().out
+    assert not list(tmp_path.glob("*.secret")), "no second secret is made"
+    data = yaml.safe_load((tmp_path / "c" / "controller" / "user-data").read_text())
+    assert seeds.SECRET_PATH not in written(data)
 
 
 def test_cards_command_reports_manifest_errors(tmp_path, capsys):

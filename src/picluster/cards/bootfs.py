@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from picluster.cards.seeds import SEED_FILES
+from picluster.errors import PiclusterError
 
 SECTOR = 512
 CHUNK = 4 * 1024 * 1024
@@ -30,7 +31,7 @@ FAT_TYPES = {0x01, 0x04, 0x06, 0x0B, 0x0C, 0x0E}
 REQUIRED = ("user-data", "meta-data")
 
 
-class BootfsError(Exception):
+class BootfsError(PiclusterError):
     """The image or card cannot take a seed; ``str()`` says why and what to do."""
 
 

@@ -18,8 +18,11 @@ from rich.table import Table
 
 from picluster import secret as cluster_secret
 from picluster.cards import bootfs, flash, lint, manifest, seeds
+from picluster.cards.device import Device, GiB
+from picluster.cards.progress import default_progress
+from picluster.cards.writer import xz_size
+from picluster.errors import EX_CONFIG
 
-EX_CONFIG = 78
 EX_FAIL = 1
 
 
@@ -44,7 +47,14 @@ def _schema_note() -> str:
     )
 
 
-def _secret(loaded: manifest.Loaded, out: Path, console: Console) -> bytes:
+def _secret(loaded: manifest.Loaded, out: Path, console: Console) -> bytes | None:
+    if loaded.manifest.secret == manifest.IMAGE_SECRET:
+        console.print(
+            "secret: the image's own (the cards carry none, so they join the cards flashed "
+            "from the same image, seeded or not)",
+            highlight=False,
+        )
+        return None
     path = loaded.secret_path()
     if path is not None:
         value = cluster_secret.load(path)
@@ -53,7 +63,7 @@ def _secret(loaded: manifest.Loaded, out: Path, console: Console) -> bytes:
         return value
     # "generate": one secret per cluster, kept beside the output so a re-run (or a card
     # added later) reuses it instead of splitting the cluster in two.
-    path = out.resolve().parent / f"{loaded.manifest.cluster}.secret"
+    path = out.resolve().parent / f"{loaded.manifest.cluster or 'cluster'}.secret"
     if path.exists():
         cluster_secret.check_private(path, own=True)
         value = cluster_secret.load(path)
@@ -71,19 +81,15 @@ def _secret(loaded: manifest.Loaded, out: Path, console: Console) -> bytes:
 
 def cmd_cards(args: argparse.Namespace) -> int:
     console = Console()
-    try:
-        loaded = manifest.load(args.manifest)
-        secret = _secret(loaded, args.out, console)
-    except (manifest.ManifestError, cluster_secret.SecretError) as exc:
-        _err(str(exc))
-        return EX_CONFIG
+    loaded = manifest.load(args.manifest)
+    secret = _secret(loaded, args.out, console)
     made = seeds.render(loaded, secret)
     findings: list[lint.Finding] = []
     for seed in made:
         directory = args.out / seed.hostname
         seed.write(directory)
         findings += lint.lint_dir(directory)
-    table = Table(title=f"cluster {loaded.manifest.cluster!r}: {len(made)} cards in {args.out}")
+    table = Table(title=f"cluster {loaded.manifest.title()}: {len(made)} cards in {args.out}")
     for column in ("hostname", "role", "instance-id", "address"):
         table.add_column(column, no_wrap=column == "instance-id")
     for seed in made:
@@ -139,19 +145,13 @@ def _lint_card(card: Path, console: Console) -> bool:
 
 def cmd_seed(args: argparse.Namespace) -> int:
     console = Console(stderr=True)
-    try:
-        bootfs.require_image(args.image)
-        bootfs.seed_files(args.card)
-        if not _lint_card(args.card, console):
-            return EX_CONFIG
-        with flash.default_progress(console) as bar:
-            task = bar.add_task(f"copy {args.image.name}", total=flash.xz_size(args.image))
-            part = bootfs.seed_image(
-                args.image, args.card, args.output, lambda n: bar.advance(task, n)
-            )
-    except bootfs.BootfsError as exc:
-        _err(str(exc))
-        return EX_FAIL
+    bootfs.require_image(args.image)
+    bootfs.seed_files(args.card)
+    if not _lint_card(args.card, console):
+        return EX_CONFIG
+    with default_progress(console) as bar:
+        task = bar.add_task(f"copy {args.image.name}", total=xz_size(args.image))
+        part = bootfs.seed_image(args.image, args.card, args.output, lambda n: bar.advance(task, n))
     console.print(
         f"{args.output}: seed from {args.card} written to partition 1 "
         f"(bootfs at byte {part.start}); mode 0600 because it holds the cluster secret",
@@ -160,11 +160,11 @@ def cmd_seed(args: argparse.Namespace) -> int:
     return 0
 
 
-def _confirm(assume_yes: bool, console: Console) -> Callable[[flash.Device, Path], bool]:
-    def confirm(device: flash.Device, image: Path) -> bool:
+def _confirm(assume_yes: bool, console: Console) -> Callable[[Device, Path], bool]:
+    def confirm(device: Device, image: Path) -> bool:
         console.print(
             f"About to overwrite [bold]{device.path}[/] ({device.description}, "
-            f"{device.size / flash.GiB:.1f} GiB) with {image.name}. Everything on it is lost.",
+            f"{device.size / GiB:.1f} GiB) with {image.name}. Everything on it is lost.",
             highlight=False,
         )
         if assume_yes:
@@ -180,23 +180,19 @@ def _confirm(assume_yes: bool, console: Console) -> Callable[[flash.Device, Path
 
 def cmd_flash(args: argparse.Namespace) -> int:
     console = Console(stderr=True)
-    try:
-        if args.card is not None:
-            bootfs.seed_files(args.card)
-            if not _lint_card(args.card, console):
-                return EX_CONFIG
-        result = flash.flash(
-            args.image,
-            args.device,
-            args.card,
-            force=args.force,
-            verify_after=not args.no_verify,
-            confirm=_confirm(args.yes, console),
-            progress_factory=lambda: flash.default_progress(console),
-        )
-    except (flash.FlashError, bootfs.BootfsError) as exc:
-        _err(str(exc))
-        return EX_FAIL
+    if args.card is not None:
+        bootfs.seed_files(args.card)
+        if not _lint_card(args.card, console):
+            return EX_CONFIG
+    result = flash.flash(
+        args.image,
+        args.device,
+        args.card,
+        force=args.force,
+        verify_after=not args.no_verify,
+        confirm=_confirm(args.yes, console),
+        progress_factory=lambda: default_progress(console),
+    )
     how = f"bmap {result.bmap.name}" if result.bmap else "whole image"
     check = "verified by read-back" if result.verified else "NOT verified (--no-verify)"
     console.print(

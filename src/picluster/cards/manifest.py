@@ -21,11 +21,13 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from picluster import roles
-from picluster.config import DNS_LABEL, PORTS_USED, Config
+from picluster.config import BASE_PORT_FIX, BasePort, Config
+from picluster.errors import ConfigurationError
+from picluster.names import DnsLabel, LoginName
 
 GENERATE = "generate"
+IMAGE_SECRET = ""
 MAX_ENGINES = 256
-USERNAME = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
 MAC = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
 COUNTRY = re.compile(r"^[A-Z]{2}$")
 SSH_KEY_TYPES = (
@@ -63,7 +65,7 @@ def key_problem(line: str) -> str | None:
     return None
 
 
-class ManifestError(Exception):
+class ManifestError(ConfigurationError):
     """The manifest cannot be used; ``str()`` names the file, the key and the fix."""
 
 
@@ -173,40 +175,24 @@ class Card(_Model):
 
 
 class Manifest(_Model):
-    cluster: str
-    secret: str = GENERATE
-    """Path of the build's secret file, relative to the manifest, or "generate"."""
+    cluster: DnsLabel | None = None
+    """The cluster's name; unset = the image's (its build's PICLUSTER_CLUSTER_NAME)."""
+    secret: str = IMAGE_SECRET
+    """"" = the image's own secret (cards carry none, so they join every card of that
+    image); a path to a secret file, relative to the manifest; or "generate"."""
     ssh_keys: Annotated[list[str], Field(min_length=1)]
-    user: str = "pi"
+    user: LoginName | None = None
+    """The first user; unset = the image's own (FIRST_USER_NAME of its build)."""
     wifi: Wifi | None = None
     timezone: str = ""
     locale: str = ""
     keyboard: str = ""
-    base_port: Annotated[int, Field(ge=1024, le=65535 - PORTS_USED)] = 47000
+    base_port: BasePort | None = None
+    """Unset = the image's (its build's PICLUSTER_BASE_PORT, else the node default)."""
     discovery: Literal["mdns", "static"] = "mdns"
     """"static": engines use the controller card's static address instead of mDNS."""
     engines: Annotated[int, Field(ge=0, le=MAX_ENGINES)] | None = None
     card: list[Card] = Field(default_factory=list)
-
-    @field_validator("cluster")
-    @classmethod
-    def _cluster(cls, value: str) -> str:
-        if not DNS_LABEL.match(value):
-            raise ValueError(
-                "must be a DNS label: 1-63 lower-case letters, digits and '-', "
-                "not starting or ending with '-'"
-            )
-        return value
-
-    @field_validator("user")
-    @classmethod
-    def _user(cls, value: str) -> str:
-        if not USERNAME.match(value) or value == "root":
-            raise ValueError(
-                "must be a Linux user name (lower-case letters, digits, '_' and '-', "
-                "starting with a letter; not root)"
-            )
-        return value
 
     @field_validator("timezone")
     @classmethod
@@ -250,6 +236,10 @@ class Manifest(_Model):
             )
         return self
 
+    def title(self) -> str:
+        """How output names this cluster."""
+        return repr(self.cluster) if self.cluster else "of the image"
+
     def controller_address(self) -> str:
         """The controller card's static IPv4 address, or ""."""
         for card in self.cards():
@@ -274,7 +264,7 @@ class Loaded:
     """Public key lines, files already read."""
 
     def secret_path(self) -> Path | None:
-        if self.manifest.secret == GENERATE:
+        if self.manifest.secret in (GENERATE, IMAGE_SECRET):
             return None
         return (self.path.parent / Path(self.manifest.secret).expanduser()).resolve()
 
@@ -282,7 +272,7 @@ class Loaded:
 _FIXES: dict[tuple[str | int, ...], str] = {
     ("cluster",): 'e.g. cluster = "lab"',
     ("ssh_keys",): 'e.g. ssh_keys = ["~/.ssh/id_ed25519.pub"] (a file or the key line itself)',
-    ("base_port",): "a port from 1024 to 65505 whose next 29 are free, e.g. 47000",
+    ("base_port",): BASE_PORT_FIX,
     ("engines",): f"a whole number from 0 to {MAX_ENGINES}",
     ("wifi", "password"): "the WPA2 passphrase, 8 to 63 characters",
 }
@@ -402,17 +392,19 @@ def load(path: Path) -> Loaded:
     return Loaded(manifest=manifest, path=path, ssh_keys=keys)
 
 
-def runtime_config(manifest: Manifest) -> Config:
-    """The ``cluster.toml`` every card of this cluster gets."""
-    static = manifest.discovery == "static"
-    data: dict[str, Any] = {
-        "cluster": {
-            "name": manifest.cluster,
-            "base_port": manifest.base_port,
-            # Only on request: a static address silently switched off mDNS otherwise.
-            "controller": manifest.controller_address() if static else "",
-        },
-        # Explicit, because the image may already have a uid-1000 user that is not ours.
-        "jupyter": {"user": manifest.user},
-    }
-    return Config.model_validate(data)
+def node_overrides(manifest: Manifest) -> dict[str, dict[str, Any]]:
+    """What every card of this cluster changes in the image's ``cluster.toml``: only
+    what the manifest sets (nothing at all for a manifest of names and keys)."""
+    cluster: dict[str, Any] = {}
+    if manifest.cluster is not None:
+        cluster["name"] = manifest.cluster
+    if manifest.base_port is not None:
+        cluster["base_port"] = manifest.base_port
+    # Only on request: a static address silently switched off mDNS otherwise.
+    if manifest.discovery == "static":
+        cluster["controller"] = manifest.controller_address()
+    data: dict[str, dict[str, Any]] = {"cluster": cluster} if cluster else {}
+    if manifest.user is not None:
+        # Explicit, because the image's own first user (uid 1000) may be another one.
+        data["jupyter"] = {"user": manifest.user}
+    return data

@@ -18,16 +18,18 @@ import yaml
 
 from picluster import roles
 from picluster import secret as cluster_secret
-from picluster.cards.manifest import Card, Loaded, Manifest, runtime_config
-from picluster.config import Config, dumps
+from picluster.cards.manifest import Card, Loaded, Manifest, node_overrides
+from picluster.config import Config, dropin_dir
+from picluster.config import dumps as config_dumps
 from picluster.files import atomic_write_text
+from picluster.paths import DEFAULT_CONFIG, DEFAULT_SECRET
 
 SEED_FILES = ("user-data", "meta-data", "network-config")
-SECRET_PATH = "/etc/picluster/secret"
-CONFIG_PATH = "/etc/picluster/cluster.toml"
-JUPYTER_DROPIN = "/etc/systemd/system/picluster-jupyter.service.d/user.conf"
-DEFAULT_USER = "pi"
-GROUPS = ["adm", "sudo", "users", "video", "plugdev"]
+SECRET_PATH = str(DEFAULT_SECRET)
+CONFIG_PATH = str(DEFAULT_CONFIG)
+CONFIG_DROPIN = str(dropin_dir(DEFAULT_CONFIG) / "50-card.toml")
+"""The card's layer over the image's ``cluster.toml`` (only what the manifest sets)."""
+GROUPS = ("adm", "sudo", "users", "video", "plugdev")
 
 
 class _Dumper(yaml.SafeDumper):
@@ -65,9 +67,10 @@ class Seed:
             )
 
 
-def instance_id(cluster: str, hostname: str) -> str:
+def instance_id(cluster: str | None, hostname: str) -> str:
     """Unique per card and per run, so cloud-init runs again on a re-seeded card."""
-    return f"picluster-{cluster}-{hostname}-{pysecrets.token_hex(4)}"
+    named = f"{cluster}-" if cluster else ""
+    return f"picluster-{named}{hostname}-{pysecrets.token_hex(4)}"
 
 
 def wpa_psk(ssid: str, passphrase: str) -> str:
@@ -75,10 +78,7 @@ def wpa_psk(ssid: str, passphrase: str) -> str:
     return hashlib.pbkdf2_hmac("sha1", passphrase.encode(), ssid.encode(), 4096, 32).hex()
 
 
-def user_data(
-    manifest: Manifest, card: Card, ssh_keys: list[str], secret: bytes, config: Config
-) -> str:
-    user = manifest.user
+def user_data(manifest: Manifest, card: Card, ssh_keys: list[str], secret: bytes | None) -> str:
     data: dict[str, Any] = {
         "hostname": card.hostname,
         "fqdn": f"{card.hostname}.local",
@@ -87,9 +87,15 @@ def user_data(
         "manage_etc_hosts": True,
         "ssh_pwauth": False,
         "disable_root": True,
-        "users": [
+    }
+    if manifest.user is None:
+        # The image's own first user (cloud-init's default user, set by the build).
+        data["users"] = ["default"]
+        data["ssh_authorized_keys"] = list(ssh_keys)
+    else:
+        data["users"] = [
             {
-                "name": user,
+                "name": manifest.user,
                 "gecos": "picluster user",
                 "groups": ", ".join(GROUPS),
                 "shell": "/bin/bash",
@@ -98,38 +104,40 @@ def user_data(
                 "sudo": "ALL=(ALL) NOPASSWD:ALL",
                 "ssh_authorized_keys": list(ssh_keys),
             }
-        ],
-    }
+        ]
     if manifest.timezone:
         data["timezone"] = manifest.timezone
     if manifest.locale:
         data["locale"] = manifest.locale
     if manifest.keyboard:
         data["keyboard"] = {"layout": manifest.keyboard}
-    files: list[dict[str, Any]] = [
-        {
-            "path": SECRET_PATH,
-            "permissions": "0600",
-            "owner": "root:root",
-            "content": cluster_secret.encode(secret),
-        },
-        {
-            "path": CONFIG_PATH,
-            "permissions": "0644",
-            "owner": "root:root",
-            "content": dumps(config),
-        },
-    ]
-    if user != DEFAULT_USER:
+    files: list[dict[str, Any]] = []
+    if secret is not None:
+        # Otherwise the card keeps the image's secret, like every card of that image.
         files.append(
             {
-                "path": JUPYTER_DROPIN,
-                "permissions": "0644",
+                "path": SECRET_PATH,
+                "permissions": "0600",
                 "owner": "root:root",
-                "content": f"[Service]\nUser={user}\n",
+                "content": cluster_secret.encode(secret),
             }
         )
-    data["write_files"] = files
+    overrides = node_overrides(manifest)
+    if overrides:
+        files.append(
+            {
+                "path": CONFIG_DROPIN,
+                "permissions": "0644",
+                "owner": "root:root",
+                "content": config_dumps(
+                    overrides,
+                    f"cluster {manifest.title()}: written by `picluster cards` from the "
+                    "manifest;\nread over the image's /etc/picluster/cluster.toml",
+                ),
+            }
+        )
+    if files:
+        data["write_files"] = files
     return "#cloud-config\n" + to_yaml(data)
 
 
@@ -172,15 +180,16 @@ def network_config(manifest: Manifest, card: Card) -> str:
     return to_yaml({"network": network})
 
 
-def render(loaded: Loaded, secret: bytes) -> list[Seed]:
+def render(loaded: Loaded, secret: bytes | None) -> list[Seed]:
+    """One seed per card; ``secret`` None = the cards keep the image's own."""
     manifest = loaded.manifest
-    config = runtime_config(manifest)
+    config = Config.model_validate(node_overrides(manifest))
     seeds = []
     for card in manifest.cards():
         decision = roles.decide(card.hostname, config)
         iid = instance_id(manifest.cluster, card.hostname)
         files = {
-            "user-data": user_data(manifest, card, loaded.ssh_keys, secret, config),
+            "user-data": user_data(manifest, card, loaded.ssh_keys, secret),
             "meta-data": meta_data(iid, card.hostname),
             "network-config": network_config(manifest, card),
         }

@@ -1,4 +1,4 @@
-"""Building the cluster image: ``sudo ./build.sh`` lands here.
+"""Building the cluster image: ``sudo ./build.sh`` (``picluster build``) lands in ``cli``.
 
 One module per job: settings (the pi-gen ``config``), preflight, steps
 (progress, log, timings), cache, wheelhouse, native (an amd64 twin of the

@@ -1,19 +1,18 @@
-"""``./build.sh``: build the cluster image (default), ``lock`` the venv, ``boot`` it in QEMU."""
+"""``picluster build`` (what ``./build.sh`` runs by default): build the cluster image;
+``picluster lock``: re-resolve its venv's packages. ``boot`` is in ``picluster.vm.cli``."""
 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import importlib
 import os
 import sys
 import time
-from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
 from picluster import __version__
 from picluster import secret as secret_mod
+from picluster.errors import PiclusterError
 from picluster.files import atomic_write
 from picluster.imagebuild import cache as cache_mod
 from picluster.imagebuild import (
@@ -29,28 +28,20 @@ from picluster.imagebuild import (
 from picluster.imagebuild import (
     settings as settings_mod,
 )
-from picluster.imagebuild.steps import BuildError, StepLog
+from picluster.imagebuild.steps import StepLog
 
 REPO = Path(__file__).resolve().parents[3]
 STAGE_DIR = REPO / "stage-cluster"
 REQUIREMENTS = STAGE_DIR / "00-venv" / "requirements.txt"
+INTERRUPTED = "build.sh: interrupted; mounts and partial files were cleaned up"
+"""What Ctrl-C during ``build`` or ``lock`` prints (``picluster.cli.main`` reads it)."""
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="build.sh",
-        description="Build the picluster SD-card image (pi-gen + stage-cluster), "
-        "lock its Python packages, or boot it as a QEMU cluster.",
-    )
-    parser.add_argument("--version", action="version", version=f"picluster {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    b = sub.add_parser("build", help="build the image (the default command)")
+def register(subparsers: argparse._SubParsersAction) -> None:
+    b = subparsers.add_parser("build", help="build the image (the default command)")
     _build_args(b)
-    lock = sub.add_parser("lock", help="re-resolve stage-cluster/00-venv/requirements.txt")
-    lock.set_defaults(func=cmd_lock)
-    with contextlib.suppress(ImportError):
-        importlib.import_module("picluster.vm.cli").register(sub)
-    return parser
+    lock = subparsers.add_parser("lock", help="re-resolve stage-cluster/00-venv/requirements.txt")
+    lock.set_defaults(func=cmd_lock, interrupted=INTERRUPTED)
 
 
 def _build_args(p: argparse.ArgumentParser) -> None:
@@ -65,20 +56,7 @@ def _build_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--no-compress", action="store_true", help="skip .img.xz (tests use the raw image)"
     )
-    p.set_defaults(func=cmd_build)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    parser = build_parser()
-    if not argv or (argv[0].startswith("-") and argv[0] not in ("-h", "--help", "--version")):
-        argv = ["build", *argv]
-    args = parser.parse_args(argv)
-    try:
-        return int(args.func(args) or 0)
-    except KeyboardInterrupt:
-        print("build.sh: interrupted; mounts and partial files were cleaned up", file=sys.stderr)
-        return 130
+    p.set_defaults(func=cmd_build, interrupted=INTERRUPTED)
 
 
 def cmd_lock(args: argparse.Namespace) -> int:
@@ -139,7 +117,7 @@ def cmd_build(args: argparse.Namespace) -> int:
                 log.warn(f"base: DEBIAN (not Raspberry Pi OS): {why}")
         log.note(f"base: {base}; log: {log.path}")
         result = _build(settings, base, work, deploy_dir, cache, log, args)
-    except (BuildError, settings_mod.SettingsError, secret_mod.SecretError, OSError) as exc:
+    except (PiclusterError, OSError) as exc:
         log.console.print(f"[bold red]build failed[/] in step: {log.current or '?'}: {exc}")
         log.console.print(f"[dim]last lines of {log.path}:[/]\n{log.tail(25)}", markup=False)
         return 1

@@ -5,10 +5,12 @@ Called by ``stage-cluster/01-service/00-run.sh`` on the build host:
 come from the variables pi-gen exports to every stage script (``config``).
 
 - the systemd units from ``files/systemd`` (enabled later, in the chroot);
-- ``/etc/picluster/cluster.toml`` rendered from ``PICLUSTER_*`` and validated
-  by the same code the agent uses;
+- ``/etc/picluster/cluster.toml`` holding only the node settings ``config`` set
+  (``PICLUSTER_CLUSTER_NAME``...), written with a TOML library and checked by
+  the node's own schema; everything else keeps the node's one default;
 - ``/etc/picluster/secret`` (0600, root) from ``PICLUSTER_SECRET_FILE``;
-- a drop-in running JupyterLab as ``FIRST_USER_NAME``;
+- cloud-init's default user = ``FIRST_USER_NAME`` (locked, keys only), so a card
+  seed that names no user gives its keys to the image's own first user;
 - example seeds on the FAT partition (``/boot/firmware``).
 """
 
@@ -18,21 +20,25 @@ import argparse
 import os
 import shutil
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 
 from picluster import config as config_mod
 from picluster import secret as secret_mod
+from picluster.cards.seeds import GROUPS, to_yaml
+from picluster.errors import ConfigurationError
 from picluster.files import atomic_write, atomic_write_text
+from picluster.imagebuild import settings as settings_mod
 
 UNIT_DIR = "usr/lib/systemd/system"
 
 
-class OverlayError(Exception):
+class OverlayError(ConfigurationError):
     pass
 
 
-def _env(name: str, default: str | None = None) -> str:
-    value = os.environ.get(name, default)
+def _env(name: str) -> str:
+    value = os.environ.get(name)
     if value is None:
         raise OverlayError(
             f"{name} is not set: run the stage through ./build.sh (or pi-gen with ./config)"
@@ -40,21 +46,36 @@ def _env(name: str, default: str | None = None) -> str:
     return value
 
 
-def cluster_toml() -> str:
-    engines = _env("PICLUSTER_ENGINES_PER_NODE", "auto")
-    text = (
-        "# picluster cluster settings; `picluster doctor` checks this file.\n"
-        '# Every key is documented in the README ("cluster.toml reference").\n'
-        "[cluster]\n"
-        f'name = "{_env("PICLUSTER_CLUSTER_NAME", "picluster")}"\n'
-        f"base_port = {int(_env('PICLUSTER_BASE_PORT', '10100'))}\n"
-        "\n[engines]\n"
-        + (f'per_node = "{engines}"\n' if engines == "auto" else f"per_node = {int(engines)}\n")
-        + "\n[jupyter]\n"
-        f'user = "{_env("FIRST_USER_NAME", "pi")}"\n'
+def cluster_toml(env: Mapping[str, str] = os.environ) -> str:
+    """The image's ``cluster.toml`` from the variables pi-gen exports (``config``)."""
+    overrides = settings_mod.node_overrides_from_env(env)
+    return config_mod.dumps(
+        overrides,
+        "picluster node settings from the build's config; `picluster doctor` checks them.\n"
+        "Keys not here have the defaults in the README's cluster.toml reference. A card\n"
+        "seed adds its own layer in cluster.toml.d/ (read after this file).",
     )
-    config_mod.parse(text, "cluster.toml (rendered from config)")
-    return text
+
+
+CLOUD_DEFAULT_USER = "etc/cloud/cloud.cfg.d/91-picluster-user.cfg"
+
+
+def default_user(name: str) -> str:
+    """cloud-init's default user: the image's first user, locked, keys only, sudo without
+    a password (it has none). ``users: [default]`` in a seed means this user."""
+    data = {
+        "system_info": {
+            "default_user": {
+                "name": name,
+                "gecos": "picluster user",
+                "groups": list(GROUPS),
+                "shell": "/bin/bash",
+                "lock_passwd": True,
+                "sudo": ["ALL=(ALL) NOPASSWD:ALL"],
+            }
+        }
+    }
+    return "# FIRST_USER_NAME of the build (picluster overlay)\n" + to_yaml(data)
 
 
 BOOTFS_PRIVATE = "fmask=0077,dmask=0077"
@@ -89,9 +110,7 @@ def apply(rootfs: Path, files: Path) -> None:
     secret = secret_mod.load(secret_file)
     atomic_write(etc / "secret", (secret_mod.encode(secret) + "\n").encode(), 0o600)
     os.chown(etc / "secret", 0, 0)
-    user = _env("FIRST_USER_NAME", "pi")
-    dropin = rootfs / "etc/systemd/system/picluster-jupyter.service.d/user.conf"
-    atomic_write_text(dropin, f"# FIRST_USER_NAME of the build\n[Service]\nUser={user}\n")
+    atomic_write_text(rootfs / CLOUD_DEFAULT_USER, default_user(_env("FIRST_USER_NAME")), 0o644)
     # What the units' Documentation= lines point at.
     docs = rootfs / "opt/picluster/share/doc/picluster"
     docs.mkdir(parents=True, exist_ok=True)

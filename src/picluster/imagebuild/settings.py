@@ -13,8 +13,9 @@ import difflib
 import os
 import re
 import subprocess
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -25,12 +26,13 @@ from pydantic import (
     field_validator,
 )
 
-from picluster.cards.manifest import USERNAME
-from picluster.config import DNS_LABEL, ClusterSection
+from picluster import config as config_mod
+from picluster.errors import ConfigurationError
+from picluster.names import DnsLabel, LoginName
 
 
-class SettingsError(Exception):
-    pass
+class SettingsError(ConfigurationError):
+    """A build setting cannot be used; ``str()`` names the file, the variable and the fix."""
 
 
 PI_GEN_VARS = (
@@ -90,40 +92,54 @@ _SHAPES = {
     "timezone": (re.compile(r"^[A-Za-z0-9_+-]+(/[A-Za-z0-9_+-]+)*$"),
                  "time zone name such as Europe/London"),
     "keyboard_keymap": (re.compile(r"^[a-z0-9_-]+$"), "keymap name such as gb"),
-    "target_hostname": (DNS_LABEL, "hostname: lower-case letters, digits and '-'"),
 }  # fmt: skip
+
+NODE_KEYS: dict[str, tuple[str, str]] = {
+    "cluster_name": ("cluster", "name"),
+    "base_port": ("cluster", "base_port"),
+    "engines_per_node": ("engines", "per_node"),
+}
+"""Build settings that are node settings: the image's ``cluster.toml`` gets each one
+set; left empty in ``config``, the node's own default (``picluster.config``) applies."""
+
+Unset = Literal[""]
 
 
 class Settings(BaseModel):
+    """What ``config`` (and ``-c``, and the environment) set. ``config`` is the one place
+    a build default is written, with its help text beside it, so a field here has no
+    default of its own: it is required (``config`` sets it) or optional, "" or None
+    meaning unset."""
+
     model_config = ConfigDict(extra="forbid")
 
-    img_name: str = "picluster"
-    release: Literal["trixie"] = "trixie"
-    first_user_name: str = "pi"
-    first_user_pass: str = ""
-    disable_first_boot_user_rename: Literal["0", "1"] = "1"
-    locale: str = "en_GB.UTF-8"
-    timezone: str = "Europe/London"
-    keyboard_keymap: str = "gb"
-    keyboard_layout: str = "English (UK)"
-    target_hostname: str = "raspberrypi"
-    enable_ssh: Literal["0", "1"] = "1"
-    pubkey_only_ssh: Literal["0", "1"] = "1"
+    img_name: str
+    release: Literal["trixie"]
+    first_user_name: LoginName
+    first_user_pass: Unset = ""
+    disable_first_boot_user_rename: Literal["0", "1"]
+    locale: str
+    timezone: str
+    keyboard_keymap: str
+    keyboard_layout: str
+    target_hostname: DnsLabel
+    enable_ssh: Literal["0", "1"]
+    pubkey_only_ssh: Literal["0", "1"]
     pubkey_ssh_first_user: str = ""
-    compression: Literal["xz", "none"] = "xz"
-    compression_level: int = Field(1, ge=0, le=9)
+    compression: Literal["xz", "none"]
+    compression_level: int = Field(ge=0, le=9)
     wpa_country: str = ""
-    base: Literal["auto", "raspios", "debian"] = "auto"
-    cluster_name: str = "picluster"
-    base_port: int = Field(10100, ge=1024, le=65505)
-    engines_per_node: str = "auto"
+    base: Literal["auto", "raspios", "debian"]
+    cluster_name: str | None = None
+    base_port: int | None = None
+    engines_per_node: str | None = None
     secret_file: str = ""
-    pigen_repo: str = "https://github.com/RPi-Distro/pi-gen.git"
-    pigen_branch: str = "arm64"
-    pigen_commit: str = "7f33e570ef00f8bdd7397f8d343033e0e6fa41ce"
-    debian_mirror: str = "http://deb.debian.org/debian"
-    image_extra_mb: int = Field(512, ge=64)
-    cache_dir: str = "/var/cache/picluster"
+    pigen_repo: str
+    pigen_branch: str
+    pigen_commit: str
+    debian_mirror: str
+    image_extra_mb: int = Field(ge=64)
+    cache_dir: str
 
     @field_validator("img_name")
     @classmethod
@@ -132,14 +148,7 @@ class Settings(BaseModel):
             raise ValueError("letters, digits, '.', '_' and '-' only (it names files in deploy/)")
         return value
 
-    @field_validator("first_user_name")
-    @classmethod
-    def _user(cls, value: str) -> str:
-        if not USERNAME.match(value) or value == "root":
-            raise ValueError("a lower-case login name such as pi (never root)")
-        return value
-
-    @field_validator("first_user_pass")
+    @field_validator("first_user_pass", mode="before")
     @classmethod
     def _no_password(cls, value: str) -> str:
         if value:
@@ -151,7 +160,7 @@ class Settings(BaseModel):
 
     # These reach a root shell in the build chroot (and pi-gen's own scripts): each
     # is held to what such a value really looks like, so nothing else gets there.
-    @field_validator("locale", "timezone", "keyboard_keymap", "target_hostname")
+    @field_validator("locale", "timezone", "keyboard_keymap")
     @classmethod
     def _shell_safe(cls, value: str, info: ValidationInfo) -> str:
         pattern, example = _SHAPES[info.field_name or ""]
@@ -159,18 +168,26 @@ class Settings(BaseModel):
             raise ValueError(f"not a {example}")
         return value
 
-    @field_validator("cluster_name")
-    @classmethod
-    def _cluster(cls, value: str) -> str:
-        ClusterSection(name=value)
-        return value
+    def node_overrides(self) -> dict[str, dict[str, Any]]:
+        """What the image's ``cluster.toml`` sets: the node settings ``config`` gave."""
+        return node_overrides({name: getattr(self, name) for name in NODE_KEYS})
 
-    @field_validator("engines_per_node")
-    @classmethod
-    def _engines(cls, value: str) -> str:
-        if value != "auto" and not (value.isdigit() and int(value) >= 0):
-            raise ValueError("'auto' (one per core) or a whole number")
-        return value
+
+def node_overrides(values: Mapping[str, str | int | None]) -> dict[str, dict[str, Any]]:
+    """Node settings by field name (unset: None or "") as ``cluster.toml`` tables."""
+    out: dict[str, dict[str, Any]] = {}
+    for name, (section, key) in NODE_KEYS.items():
+        value = values.get(name)
+        if value is not None and value != "":
+            # The shell has only text; the node's schema takes numbers as numbers.
+            number = isinstance(value, str) and value.isdigit()
+            out.setdefault(section, {})[key] = int(value) if number else value
+    return out
+
+
+def node_overrides_from_env(env: Mapping[str, str]) -> dict[str, dict[str, Any]]:
+    """The same, from the variables a stage script sees (``shell_exports``)."""
+    return node_overrides({name: env.get(VAR_OF_FIELD[name]) for name in NODE_KEYS})
 
 
 def read_shell(files: list[Path]) -> dict[str, str]:
@@ -213,19 +230,36 @@ def load(config: Path, extra: Path | None = None) -> Settings:
         if value != "":
             values[_FIELD_OF_VAR[var]] = value
     try:
-        return Settings(**values)
+        settings = Settings(**values)
+        # Node settings are checked by the node's own schema: the build accepts
+        # exactly what a node would.
+        config_mod.Config.model_validate(settings.node_overrides())
     except ValidationError as exc:
         err = exc.errors()[0]
-        field = str(err["loc"][0]) if err["loc"] else "?"
+        loc = tuple(str(part) for part in err["loc"])
+        field = _FIELD_OF_NODE_KEY.get(loc[:2], loc[0] if loc else "?")
         var = VAR_OF_FIELD.get(field, field)
+        if err["type"] == "missing":
+            raise SettingsError(
+                f"{where}: {var} is not set. Fix: set {var} in {config.name} (see its comment "
+                "in the repository's config)"
+            ) from None
         found = values.get(field, "")
         raise SettingsError(
             f"{where}: {var}={found!r}: {err['msg'].removeprefix('Value error, ')}. "
             f"Fix: set {var} in {config.name} or the environment"
         ) from None
+    return settings
+
+
+_FIELD_OF_NODE_KEY = {key: name for name, key in NODE_KEYS.items()}
 
 
 def shell_exports(settings: Settings) -> dict[str, str]:
     """The variables every stage script sees (pi-gen's names and ours)."""
     data = settings.model_dump()
-    return {var: str(data[field]) for field, var in VAR_OF_FIELD.items() if field in data}
+    return {
+        var: "" if data[field] is None else str(data[field])
+        for field, var in VAR_OF_FIELD.items()
+        if field in data
+    }

@@ -18,8 +18,10 @@ from pathlib import Path
 
 from rich.console import Console
 
+from picluster.errors import PiclusterError
 
-class BuildError(Exception):
+
+class BuildError(PiclusterError):
     """A step failed in a way the user can act on; the message says how."""
 
 

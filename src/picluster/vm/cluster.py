@@ -21,7 +21,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import tomli_w
+
+from picluster import config
 from picluster.cards import bootfs
+from picluster.config import ClusterSection
+from picluster.errors import PiclusterError
+from picluster.files import atomic_write_text
 from picluster.vm import lan as lan_mod
 from picluster.vm import machine as vm_mod
 from picluster.vm.machine import PROBE, VMState
@@ -33,7 +39,7 @@ SSH_OPTIONS = (
 )  # fmt: skip
 
 
-class BootError(Exception):
+class BootError(PiclusterError):
     pass
 
 
@@ -96,9 +102,11 @@ class BootCluster:
     engines: int = 2
     memory_mb: int = 1024
     cpus: int = 2
-    cluster: str = "picluster"
-    base_port: int = 10100
+    cluster: str = field(default_factory=lambda: ClusterSection().name)
+    base_port: int | None = None
+    """None = the image's own (what its build set, else the node default)."""
     user: str = "pi"
+    """Who logs in over ssh: the image's first user, whose keys the seeds give."""
     log: Callable[[str], None] = print
     lan: lan_mod.Lan | None = None
     vms: list[vm_mod.VM] = field(default_factory=list)
@@ -120,15 +128,19 @@ class BootCluster:
                 check=True,
             )  # fmt: skip
         manifest = self.work / "cluster.toml"
-        cards = [
-            f'[[card]]\nhostname = "{h}"\naddress = "{self._lan_address(i)}/24"\n'
-            for i, h in enumerate(self.hostnames)
-        ]
-        manifest.write_text(
-            f'cluster = "{self.cluster}"\nsecret = "{self.secret.resolve()}"\n'
-            f'ssh_keys = ["{self.key.with_suffix(".pub")}"]\nuser = "{self.user}"\n'
-            f"base_port = {self.base_port}\n\n" + "\n".join(cards)
-        )
+        # As a user writes one: no secret and no user, so the cards keep the image's
+        # own (the boot tier proves that path); only the cards' names and addresses.
+        data: dict[str, Any] = {
+            "cluster": self.cluster,
+            "ssh_keys": [str(self.key.with_suffix(".pub"))],
+            "card": [
+                {"hostname": h, "address": f"{self._lan_address(i)}/24"}
+                for i, h in enumerate(self.hostnames)
+            ],
+        }
+        if self.base_port is not None:
+            data["base_port"] = self.base_port
+        atomic_write_text(manifest, tomli_w.dumps(data), 0o644)
         cards_dir = self.work / "cards"
         shutil.rmtree(cards_dir, ignore_errors=True)
         self._run([*PY, "cards", str(manifest), "--out", str(cards_dir)], "picluster cards")
@@ -273,8 +285,10 @@ class BootCluster:
 
     def _status_config(self) -> Path:
         path = self.work / "status-cluster.toml"
-        if not path.exists():
-            path.write_text(f'[cluster]\nname = "{self.cluster}"\nbase_port = {self.base_port}\n')
+        cluster: dict[str, Any] = {"name": self.cluster}
+        if self.base_port is not None:
+            cluster["base_port"] = self.base_port
+        atomic_write_text(path, config.dumps({"cluster": cluster}), 0o644)
         return path
 
     def registered(self) -> dict[str, int]:

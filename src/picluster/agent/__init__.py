@@ -1,0 +1,49 @@
+"""``picluster agent``: the long-running service on every node.
+
+It checks everything it needs before it starts anything (config, hostname,
+role, secret), so a broken card exits with one clear message instead of
+joining half-way. Then, on a controller: ipcontroller, the mDNS controller
+record and the controller's own engines; on an engine host: follow the
+controller's mDNS record (or the static address) and keep one engine per core
+attached to it.
+
+``core`` holds what every node does (checks, status, node record, mDNS
+responder, lifecycle); ``controller_role`` and ``engine_role`` hold one role
+each.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from picluster import roles
+from picluster.agent.controller_role import ControllerRole
+from picluster.agent.core import RoleSide, StartupError, check, serve
+from picluster.agent.engine_role import EngineRole
+from picluster.paths import Paths
+
+log = logging.getLogger(__name__)
+
+SIDES: dict[roles.Role, type[RoleSide]] = {
+    roles.Role.CONTROLLER: ControllerRole,
+    roles.Role.ENGINE: EngineRole,
+}
+
+
+def run(paths: Paths) -> int:
+    """The service's main: EX_CONFIG (systemd does not restart it) if the node cannot join."""
+    try:
+        setup = check(paths)
+    except StartupError as exc:
+        log.error("%s", exc)
+        log.error("not joining any cluster until this is fixed")
+        return exc.exit_status
+    log.info(
+        "%s, cluster %r, key fingerprint %s",
+        setup.decision.explain(setup.role_source),
+        setup.config.cluster.name,
+        setup.keys.fingerprint,
+    )
+    asyncio.run(serve(setup, SIDES[setup.decision.role]))
+    return 0

@@ -1,5 +1,0 @@
-import sys
-
-from picluster.imagebuild.cli import main
-
-sys.exit(main())

@@ -1,0 +1,223 @@
+"""The cluster tier's scenarios, one table entry each, run by ``test_scenarios.py``.
+
+Every scenario gets a fresh LAN of network namespaces, with the real agent on
+each host (its own hostname, cluster.toml, secret and state dir), real
+ipcontroller/ipengine and real multicast. Its steps run in this order:
+
+    nodes   the cards that boot (``join``); each names its secret, "cluster" by default
+    before  what must hold before the fault, and what to remember (``remember_*``)
+    fault   what goes wrong: ``power_cut``, ``stop_agent``, ``drop_multicast``, a bad
+            card joining, a stranger listening...
+    expect  what must then be true; each check waits at most ``deadline`` seconds
+            (default 120) and says what did not happen
+
+To add a failure case, add a ``Scenario(...)`` to ``SCENARIOS`` below, built from
+the steps in ``steps.py``. Its ``name`` becomes the test id
+(``pytest tests/cluster -k <name>``) and, when it fails, the directory under
+``artifacts/cluster/`` that keeps every host's config, state and agent log. Only
+when no existing step says what you need, add one to ``steps.py``: a function
+returning ``Step(what, run)``, whose ``what`` reads as a sentence in a failure
+report, and which waits with ``scene.wait_for`` rather than sleeping.
+"""
+
+from __future__ import annotations
+
+from tests.cluster.steps import (
+    Scenario,
+    agent_exits,
+    client_file_connects,
+    drop_multicast,
+    each_controller_sees,
+    engine_hosts,
+    engine_output_reaches_client,
+    engine_pids_unchanged,
+    hello_world,
+    join,
+    load_balanced_map,
+    log_matches,
+    log_says,
+    map_completes,
+    no_engine_state,
+    no_process,
+    no_secret_in_log,
+    nothing_left_running,
+    power_cut,
+    remember_engine_pids,
+    remember_engines,
+    same_engines_as,
+    scatter_gather,
+    start,
+    start_map,
+    static_controller,
+    status_cli_reports,
+    status_is,
+    stop_agent,
+    stranger_heard_nothing,
+    stranger_listens,
+)
+
+CONTROLLER = "[engines]\non_controller = 1\n"
+CONTROLLER_2 = "[engines]\non_controller = 2\n"
+ENGINE = "[engines]\nper_node = 2\n"
+
+
+def named(cluster: str, config: str) -> str:
+    return f'[cluster]\nname = "{cluster}"\n' + config
+
+
+def controller_and_engine_hosts(n: int) -> list:
+    """The usual LAN: a controller with 1 engine and ``n`` engine hosts with 2 each."""
+    return [join("controller", CONTROLLER)] + [join(f"engine-{i}", ENGINE) for i in range(1, n + 1)]
+
+
+# A controller that comes back gets the engine hosts' engines back, untouched.
+ENGINES_NOTED = [remember_engines("before", 5), remember_engine_pids("engine-1", "engine-2")]
+ENGINES_RESTORED = [
+    same_engines_as("before", 5, except_on="controller"),
+    engine_pids_unchanged(),
+    hello_world(5),
+]
+
+
+SCENARIOS = [
+    # -- formation: the cluster forms by mDNS alone and does the tutorials' work ---------
+    Scenario(
+        "cluster-forms-and-computes",
+        "One controller and three engine hosts form a cluster by mDNS alone and run "
+        "hello world, scatter/gather and a load-balanced map.",
+        nodes=[join("controller", CONTROLLER_2)] + [join(f"engine-{i}", ENGINE) for i in (1, 2, 3)],
+        expect=[
+            engine_hosts(
+                {"controller": 2, "engine-1": 2, "engine-2": 2, "engine-3": 2},
+                why="each engine host should run exactly 2 engines and the controller 2",
+            ),
+            hello_world(8),
+            scatter_gather(64, n=8),
+            load_balanced_map(100, n=8),
+        ],
+    ),
+    Scenario(
+        "client-without-arguments-on-the-controller",
+        "`picluster client-file` (the unit's root ExecStartPre) lets the first user call "
+        "ipp.Client() with no arguments on the controller.",
+        nodes=[join("controller", CONTROLLER_2)],
+        expect=[client_file_connects("controller", 2)],
+    ),
+    # -- healing: a failure is survived without touching the other hosts -----------------
+    Scenario(
+        "controller-power-cut-keeps-engines",
+        "The controller Pi loses power and boots again: the engine hosts keep their engines "
+        "and the controller restores them.",
+        nodes=controller_and_engine_hosts(2),
+        before=ENGINES_NOTED,
+        fault=[power_cut("controller"), start("controller")],
+        expect=ENGINES_RESTORED,
+    ),
+    Scenario(
+        "controller-agent-restart-keeps-engines",
+        "`systemctl restart picluster` on the controller: the agent says goodbye, the "
+        "engine hosts wait with their engines up and rejoin the restarted controller.",
+        nodes=controller_and_engine_hosts(2),
+        before=ENGINES_NOTED,
+        fault=[stop_agent("controller"), start("controller")],
+        expect=ENGINES_RESTORED,
+    ),
+    Scenario(
+        "map-survives-engine-host-power-cut",
+        "An engine host loses power in the middle of a load-balanced map; the map "
+        "retries its tasks elsewhere and returns every result.",
+        nodes=controller_and_engine_hosts(3),
+        before=[start_map("map", n_engines=7, tasks=120)],
+        fault=[power_cut("engine-2")],
+        expect=[map_completes("map", tasks=120)],
+    ),
+    # -- isolation: who may join, and who may listen ---------------------------------------
+    Scenario(
+        "wrong-secret-is-refused-and-explained",
+        "A card with another cluster's secret starts no engines, says why in its log and "
+        "in `picluster status`, and never joins.",
+        nodes=[join("controller", CONTROLLER), join("engine-1", ENGINE)],
+        fault=[join("engine-2", ENGINE, secret="another")],
+        expect=[
+            status_is("engine-2", "fingerprint-mismatch", why="wrong secret"),
+            log_says("engine-2", "key fingerprint does not match"),
+            engine_hosts({"controller": 1, "engine-1": 2}, why="engine-2 must not have joined"),
+            no_process(
+                "engine-2",
+                "ipyparallel.engine",
+                "engine-2 started engines although its key cannot work",
+            ),
+            status_cli_reports(
+                on="engine-2",
+                about="engine-2",
+                problem="key fingerprint does not match",
+                exit_code=1,
+            ),
+            no_secret_in_log("engine-2"),
+        ],
+    ),
+    Scenario(
+        "two-clusters-on-one-lan-do-not-mix",
+        "Two clusters with their own names and secrets share a LAN; each controller sees "
+        "only its own engines.",
+        nodes=[
+            join("alpha-controller", named("alpha", CONTROLLER), secret="alpha"),
+            join("beta-controller", named("beta", CONTROLLER), secret="beta"),
+        ]
+        + [join(f"{c}-{i}", named(c, ENGINE), secret=c) for i in (1, 2) for c in ("alpha", "beta")],
+        expect=[
+            each_controller_sees(
+                {
+                    "alpha-controller": {"alpha-controller": 1, "alpha-1": 2, "alpha-2": 2},
+                    "beta-controller": {"beta-controller": 1, "beta-1": 2, "beta-2": 2},
+                },
+                settle=3,
+            )
+        ],
+    ),
+    Scenario(
+        "static-controller-address-without-multicast",
+        "An engine host whose network drops multicast joins through the controller "
+        "address written in its cluster.toml.",
+        nodes=[
+            join("controller", CONTROLLER),
+            join("engine-1", static_controller(ENGINE), start=False),
+        ],
+        fault=[drop_multicast("engine-1"), start("engine-1")],
+        expect=[engine_hosts({"controller": 1, "engine-1": 2})],
+    ),
+    Scenario(
+        "malformed-config-starts-nothing",
+        "A cluster.toml with a wrong value and a misspelt key: the agent exits EX_CONFIG, "
+        "names the file, key and fix, and leaves nothing behind.",
+        nodes=[join("engine-1", '[engines]\nper_node = "many"\nper_nod = 1\n')],
+        expect=[
+            agent_exits("engine-1", 78, "EX_CONFIG"),
+            log_matches("engine-1", r"cluster\.toml: \[engines\] per_node: must be \"auto\""),
+            log_says("engine-1", "did you mean"),
+            nothing_left_running("engine-1"),
+            no_engine_state("engine-1"),
+        ],
+    ),
+    Scenario(
+        "second-controller-with-same-name-is-reported",
+        "A second controller for the same cluster starts no ipcontroller and both it and "
+        "`picluster status` on the first say there are two controllers.",
+        nodes=[join("controller", CONTROLLER)],
+        before=[status_is("controller", "running", why="the first controller")],
+        fault=[join("head", CONTROLLER)],
+        expect=[
+            status_is("head", "duplicate-controller", why="the second controller"),
+            no_process("head", "ipyparallel.controller", "head kept an ipcontroller running"),
+            status_cli_reports(on="controller", about="head", problem="two controllers"),
+        ],
+    ),
+    Scenario(
+        "a-stranger-on-the-lan-cannot-read-the-cluster-traffic",
+        "A host without the secret subscribes to the controller's client-facing iopub "
+        "port (base + 12) while engines print: it hears nothing.",
+        nodes=[join("controller", CONTROLLER), join("engine-1", ENGINE)],
+        fault=[stranger_listens(47000 + 12)],
+        expect=[engine_output_reaches_client(3, "overheard"), stranger_heard_nothing()],
+    ),
+]
