@@ -15,7 +15,6 @@ usually looking at a journal on a Pi with no other help. A missing file means
 
 from __future__ import annotations
 
-import difflib
 import ipaddress
 import textwrap
 import tomllib
@@ -28,6 +27,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 
 from picluster.errors import ConfigurationError
 from picluster.names import DnsLabel, LoginName
+from picluster.validation import describe
 
 PORTS_USED = 30
 """ipyparallel's fixed layout uses B..B+14; we reserve B..B+29 (``--ports``)."""
@@ -160,35 +160,6 @@ class Config(_Section):
     jupyter: JupyterSection = Field(default_factory=JupyterSection)
 
 
-def _known_keys(model: type[BaseModel], path: tuple[str | int, ...]) -> list[str]:
-    for part in path:
-        field_info = model.model_fields.get(str(part))
-        annotation = field_info.annotation if field_info else None
-        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
-            return []
-        model = annotation
-    return list(model.model_fields)
-
-
-def _describe(origin: dict[str, str], default_source: str, err: dict[str, Any]) -> str:
-    loc = tuple(err["loc"])
-    dotted = ".".join(str(p) for p in loc)
-    source = origin.get(dotted) or origin.get(str(loc[0]) if loc else "") or default_source
-    section = ".".join(str(p) for p in loc[:-1])
-    key = str(loc[-1]) if loc else ""
-    where = f"[{section}] {key}" if section else key
-    if err["type"] == "extra_forbidden":
-        known = _known_keys(Config, loc[:-1])
-        close = difflib.get_close_matches(key, known, n=1)
-        hint = f"did you mean '{close[0]}'?" if close else f"known keys: {', '.join(known)}"
-        return f"{source}: {where}: unknown key. Fix: remove it or correct it ({hint})"
-    message = err["msg"].removeprefix("Value error, ")
-    got = err.get("input")
-    shown = "" if isinstance(got, dict) else f" (found {got!r})"
-    fix = _FIXES.get(loc, "")
-    return f"{source}: {where}: {message}{shown}{'. Fix: ' + fix if fix else ''}"
-
-
 _FIXES: dict[tuple[str | int, ...], str] = {
     ("cluster", "name"): 'e.g. name = "lab-cluster"',
     ("cluster", "base_port"): "",  # filled in below, from the default
@@ -250,11 +221,20 @@ def _toml(text: str, source: str) -> dict[str, Any]:
         ) from None
 
 
+def _source_of(err: Any, origin: dict[str, str], default: str) -> str:
+    """The file that set the key an error is about (a layer may be at fault)."""
+    loc = tuple(str(p) for p in err["loc"])
+    return origin.get(".".join(loc)) or origin.get(loc[0] if loc else "") or default
+
+
 def _validate(data: dict[str, Any], origin: dict[str, str], source: str) -> Config:
     try:
         return Config.model_validate(data)
     except ValidationError as exc:
-        lines = [_describe(origin, source, e) for e in exc.errors()]  # type: ignore[arg-type]
+        lines = [
+            describe(e, _source_of(e, origin, source), Config, _FIXES)  # type: ignore[arg-type]
+            for e in exc.errors()
+        ]
         raise ConfigError("\n".join(lines)) from None
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import difflib
 import ipaddress
 import re
 import tomllib
@@ -24,6 +23,7 @@ from picluster import roles
 from picluster.config import BASE_PORT_FIX, BasePort, Config
 from picluster.errors import ConfigurationError
 from picluster.names import DnsLabel, LoginName
+from picluster.validation import describe
 
 GENERATE = "generate"
 IMAGE_SECRET = ""
@@ -278,47 +278,6 @@ _FIXES: dict[tuple[str | int, ...], str] = {
 }
 
 
-def _known_keys(loc: tuple[str | int, ...]) -> list[str]:
-    parts = [p for p in loc if not isinstance(p, int)]
-    if parts[:1] == ["wifi"]:
-        return list(Wifi.model_fields)
-    if parts[:1] == ["card"]:
-        return list(Card.model_fields)
-    return list(Manifest.model_fields)
-
-
-def _where(loc: tuple[str | int, ...]) -> str:
-    if not loc:
-        return "(top level)"
-    if loc[0] == "card" and len(loc) >= 2 and isinstance(loc[1], int):
-        rest = ".".join(str(p) for p in loc[2:])
-        return f"[[card]] #{loc[1] + 1}{' ' + rest if rest else ''}"
-    if loc[0] == "wifi" and len(loc) >= 2:
-        return f"[wifi] {'.'.join(str(p) for p in loc[1:])}"
-    return ".".join(str(p) for p in loc)
-
-
-def _describe(source: str, err: dict[str, Any]) -> str:
-    loc = tuple(err["loc"])
-    key = str(loc[-1]) if loc else ""
-    where = _where(loc)
-    if err["type"] == "extra_forbidden":
-        known = _known_keys(loc[:-1])
-        close = difflib.get_close_matches(key, known, n=1)
-        hint = f"did you mean '{close[0]}'?" if close else f"known keys: {', '.join(known)}"
-        return f"{source}: {where}: unknown key. Fix: remove it or correct it ({hint})"
-    if err["type"] == "missing":
-        fix = _FIXES.get(loc, "add it")
-        return f"{source}: {where}: required key is missing. Fix: {fix}"
-    message = err["msg"].removeprefix("Value error, ")
-    got = err.get("input")
-    # Never echo a Wi-Fi password or anything else that may be secret.
-    secretish = "password" in loc or isinstance(got, dict | list)
-    shown = "" if secretish else f" (found {got!r})"
-    fix = _FIXES.get(loc, "")
-    return f"{source}: {where}: {message}{shown}{'. Fix: ' + fix if fix else ''}"
-
-
 def parse(text: str, source: str = "cluster manifest") -> Manifest:
     try:
         data = tomllib.loads(text)
@@ -330,7 +289,7 @@ def parse(text: str, source: str = "cluster manifest") -> Manifest:
     try:
         return Manifest.model_validate(data)
     except ValidationError as exc:
-        lines = [_describe(source, e) for e in exc.errors()]  # type: ignore[arg-type]
+        lines = [describe(e, source, Manifest, _FIXES) for e in exc.errors()]  # type: ignore[arg-type]
         raise ManifestError("\n".join(lines)) from None
 
 
