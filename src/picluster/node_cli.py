@@ -49,6 +49,9 @@ def cmd_role(args: argparse.Namespace) -> int:
 
 
 def cmd_config(args: argparse.Namespace) -> int:
+    if args.reference:
+        print(config.reference(), end="")
+        return 0
     paths = _paths(args)
     layered = config.load_layered(paths.config)
     read = ", ".join(map(str, layered.files)) or f"none ({paths.config} absent)"
@@ -147,6 +150,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     p = subparsers.add_parser(
         "config", help="print the settings in effect and the file that set each one"
+    )
+    p.add_argument(
+        "--reference",
+        action="store_true",
+        help="print every key with its default and meaning instead (the README's reference)",
     )
     _path_options(p)
     p.set_defaults(func=cmd_config)

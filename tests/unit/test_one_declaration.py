@@ -81,6 +81,19 @@ def test_readme_reference_is_generated_from_the_schema():
     end = "```\n<!-- end of the generated reference -->"
     current = text[text.index(begin) + len(begin) : text.index(end)]
     assert current == config.reference(), (
-        "README.md's cluster.toml reference drifted from picluster/config.py; paste:\n"
-        + config.reference()
+        "README.md's cluster.toml reference drifted from picluster/config.py: paste the "
+        "output of `picluster config --reference` between the markers"
     )
+
+
+def test_config_command_prints_the_reference_and_the_sources(tmp_path, capsys):
+    from picluster.cli import main
+
+    assert main(["config", "--reference"]) == 0
+    assert capsys.readouterr().out == config.reference()
+    path = tmp_path / "cluster.toml"
+    path.write_text('[cluster]\nname = "lab"\n')
+    assert main(["config", "--config", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert f"# files read, in order: {path}" in out
+    assert f'name = "lab"  # {path}' in out and "base_port = 47000  # the defaults" in out
