@@ -4,6 +4,8 @@ controller restart. Needs root (network namespaces). Prints markdown.
     sudo .venv/bin/python -m bench.runtime all
     sudo .venv/bin/python -m bench.runtime formation --hosts 1 4 16 --engines 2 4
     sudo .venv/bin/python -m bench.runtime curve --runs 3   # CurveZMQ on vs off
+    sudo .venv/bin/python -m bench.runtime heal --runs 3    # issue 14, before/after
+    sudo .venv/bin/python -m bench.runtime records          # sealed mDNS records vs before
 
 Every ratio compares two measurements taken in the same run, one after the
 other, on the same machine.
@@ -12,16 +14,18 @@ other, on the same machine.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 from picluster import secret
-from tests.harness.cluster import Cluster
+from tests.harness.cluster import REPO, Cluster
 
 POLL = """
 import time
@@ -95,6 +99,20 @@ def discovery(args: argparse.Namespace) -> None:
     """Engine agent start -> its engine registered: as the engine sees it (the
     agent's state file says "registered") and as clients see it (the hub lists
     an engine at its next heartbeat tick)."""
+    engine_side, client_side = discovery_samples(args.runs)
+    for name, samples in (("engine side", engine_side), ("client side", client_side)):
+        print(f"discovery latency ({name}) over {len(samples)} runs: {summary(samples)}")
+
+
+def summary(samples: list[float]) -> str:
+    samples = sorted(samples)
+    p90 = samples[max(0, round(0.9 * len(samples)) - 1)]
+    return (f"median {statistics.median(samples):.2f} s, p90 {p90:.2f} s "
+            f"(samples: {', '.join(f'{x:.2f}' for x in samples)})")  # fmt: skip
+
+
+def discovery_samples(runs: int) -> tuple[list[float], list[float]]:
+    """``runs`` times: (engine side, client side) seconds from engine agent start."""
     tmp = Path(tempfile.mkdtemp(prefix="bench-"))
     c = Cluster(tmp)
     s = secret.generate()
@@ -103,7 +121,7 @@ def discovery(args: argparse.Namespace) -> None:
         ctl = c.add("controller", "[engines]\non_controller = 0\n", s)
         node = c.add("engine-1", "[engines]\nper_node = 1\n", s, start=False)
         c.client("", s, ctl.host.address)  # controller up
-        for i in range(args.runs):
+        for i in range(runs):
             # The client connects first and polls from the moment we start the agent,
             # so its own start-up is not counted.
             go = tmp / f"go-{i}"
@@ -125,12 +143,109 @@ def discovery(args: argparse.Namespace) -> None:
     finally:
         c.close()
         shutil.rmtree(tmp, ignore_errors=True)
-    for name, samples in (("engine side", engine_side), ("client side", client_side)):
-        samples.sort()
-        p90 = samples[max(0, round(0.9 * len(samples)) - 1)]
-        print(f"discovery latency ({name}) over {len(samples)} runs: median "
-              f"{statistics.median(samples):.2f} s, p90 {p90:.2f} s "
-              f"(samples: {', '.join(f'{x:.2f}' for x in samples)})")  # fmt: skip
+    return engine_side, client_side
+
+
+# What an engine host's agent does to find the controller, alone: a fresh responder,
+# the watcher, the first controller record it accepts (sealed: opened and checked).
+WATCH = r"""
+import asyncio, inspect, sys, time
+from pathlib import Path
+from picluster import secret
+from picluster.discovery import ControllerWatcher, Found, open_zeroconf
+keys = secret.Keys.derive(secret.load(Path(sys.argv[1])))
+async def main():
+    aiozc = open_zeroconf()
+    got = asyncio.get_running_loop().create_future()
+    def on_change(x):
+        if isinstance(x, Found) and not got.done():
+            got.set_result(x)
+    sealed = len(inspect.signature(ControllerWatcher).parameters) == 4
+    args = [aiozc, "picluster", *([keys.record_key] if sealed else []), on_change]
+    watcher = ControllerWatcher(*args)
+    t0 = time.perf_counter()
+    await watcher.start()
+    await asyncio.wait_for(got, 30)
+    print(time.perf_counter() - t0)
+    await watcher.close()
+    await aiozc.async_close()
+asyncio.run(main())
+"""
+
+
+def lookup_samples(runs: int, srcs: dict[str, Path | None]) -> dict[str, list[float]]:
+    """The controller record found by a fresh watcher, each arm's code in turn, against
+    one controller (the working tree's: the old code reads its TXT, extra fields and all)."""
+    tmp = Path(tempfile.mkdtemp(prefix="bench-"))
+    c = Cluster(tmp)
+    s = secret.generate()
+    out: dict[str, list[float]] = {arm: [] for arm in srcs}
+    try:
+        ctl = c.add("controller", "[engines]\non_controller = 0\n", s)
+        c.client("", s, ctl.host.address)  # controller up and announced
+        secret.write(tmp / "watch-secret", s)
+        for _ in range(runs):
+            for arm, src in srcs.items():
+                with agents_from(src):
+                    got = c.client_host.run(sys.executable, "-c", WATCH, str(tmp / "watch-secret"))
+                out[arm].append(float(got.stdout.split()[-1]))
+    finally:
+        c.close()
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def records(args: argparse.Namespace) -> None:
+    """Discovery latency with sealed (authenticated) mDNS records vs before (issue 14).
+
+    "Before" is the last commit's runtime (``head_src``: the code without the
+    seal) on the agents' PYTHONPATH; "sealed" is the working tree. The two
+    alternate in one run. The lookup column is the part the seal touches (a
+    fresh watcher until it accepts the controller record, ``WATCH``); the
+    end-to-end columns (blocks of ``--runs`` on a fresh LAN each) also carry
+    every other uncommitted change. Also timed: sealing and opening one record
+    on this CPU, the MAC's own share.
+    """
+    import timeit
+
+    from picluster.discovery import Resolved, open_info
+    from picluster.records import CONTROLLER_TYPE, ControllerRecord, Freshness, seal
+
+    tmp = Path(tempfile.mkdtemp(prefix="bench-before-"))
+    srcs = {"before": head_src(tmp), "sealed": None}
+    arms: dict[str, list[float]] = {"before": [], "sealed": []}
+    clients: dict[str, list[float]] = {"before": [], "sealed": []}
+    try:
+        lookups = lookup_samples(args.runs * args.rounds, srcs)
+        for _ in range(args.rounds):
+            for arm, src in srcs.items():
+                with agents_from(src):
+                    engine_side, client_side = discovery_samples(args.runs)
+                arms[arm] += engine_side
+                clients[arm] += client_side
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    keys = secret.Keys.derive(secret.generate())
+    rec = ControllerRecord("picluster", 47000, "9.2.0", "a1b2c3d4e5f6", keys.fingerprint, True)
+
+    def seal_and_open() -> object:
+        props = seal(rec, keys.record_key, service_type=CONTROLLER_TYPE, port=47000,
+                     addresses=["10.0.0.1"], fresh=Freshness(1, 0))  # fmt: skip
+        info = Resolved(CONTROLLER_TYPE, "picluster." + CONTROLLER_TYPE, props, ["10.0.0.1"], 47000)
+        return open_info(info, "picluster", keys.record_key)
+
+    n = 20000
+    per_record = timeit.timeit(seal_and_open, number=n) / n
+    print(f"{args.rounds} alternating blocks of {args.runs} runs per arm, 1 engine host x 1\n")
+    print("| records | mDNS lookup (watcher) | engine side | client side |")
+    print("| --- | --- | --- | --- |")
+    for arm in arms:
+        print(f"| {arm} | {summary(lookups[arm])} | {summary(arms[arm])} | "
+              f"{summary(clients[arm])} |")  # fmt: skip
+    for name, got in (("mDNS lookup", lookups), ("engine side", arms)):
+        ratio = statistics.median(got["sealed"]) / statistics.median(got["before"])
+        print(f"median {name} sealed/before: {ratio:.3f}")
+    print(f"sealing + opening one record on this CPU: {per_record * 1e6:.0f} µs")
 
 
 GO_POLL = """
@@ -257,6 +372,102 @@ def restart(args: argparse.Namespace) -> None:
           + ", ".join(f"{r:.1f} s" for r in results))  # fmt: skip
 
 
+# -- healing (issue 14): re-address and restart, before/after side by side -------------
+
+
+@contextlib.contextmanager
+def agents_from(src: Path | None):
+    """Agents started inside this block run the picluster in ``src`` (None: this tree)."""
+    saved = os.environ.get("PYTHONPATH")
+    if src is not None:
+        os.environ["PYTHONPATH"] = str(src)
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop("PYTHONPATH", None)
+        else:
+            os.environ["PYTHONPATH"] = saved
+
+
+def head_src(tmp: Path) -> Path:
+    """The last commit's ``src/`` (the code before this change), exported read-only."""
+    subprocess.run(f"git -C {REPO} archive HEAD src | tar -x -C {tmp}", shell=True, check=True)
+    return tmp / "src"
+
+
+def readdress(node, last_octet: int) -> None:
+    """What ``steps.readdress`` does: the new address added, the old one removed."""
+    host = node.host
+    new = host.address.rsplit(".", 1)[0] + f".{last_octet}"
+    host.run("sysctl", "-qw", "net.ipv4.conf.eth0.promote_secondaries=1")
+    host.run("ip", "addr", "add", f"{new}/24", "dev", "eth0")
+    host.run("ip", "addr", "del", f"{host.address}/24", "dev", "eth0")
+    host.address = new
+
+
+def heal_runs(what: str, src: Path | None, args: argparse.Namespace) -> list[float | None]:
+    """Seconds from the fault (re-address / controller power cut + start) until every
+    engine answers through the controller; None when not back within ``--deadline``."""
+    from tests.cluster.steps import ENGINES_BACK
+
+    tmp = Path(tempfile.mkdtemp(prefix="bench-"))
+    c = Cluster(tmp)
+    s = secret.generate()
+    hosts, per_node = args.hosts_n, args.per_node
+    want = sorted(f"engine-{i}" for i in range(1, hosts + 1) for _ in range(per_node))
+    out: list[float | None] = []
+    try:
+        with agents_from(src):
+            ctl = c.add("controller", "[engines]\non_controller = 0\n", s)
+            for i in range(1, hosts + 1):
+                c.add(f"engine-{i}", f"[engines]\nper_node = {per_node}\n", s)
+            c.client(f"rc.wait_for_engines({len(want)}, timeout=300)", s, ctl.host.address)
+            for run in range(args.runs):
+                t0 = time.time()
+                if what == "readdress":
+                    readdress(ctl, 200 + run)
+                else:
+                    ctl.kill()
+                    t0 = time.time()
+                    ctl.start()
+                code = ENGINES_BACK.format(t0=t0, deadline=args.deadline, want=want)
+                got = c.client(code, s, ctl.host.address, timeout=args.deadline + 120)
+                back = got["got"] == want and got["took"] <= args.deadline
+                out.append(got["took"] if back else None)
+                if not back:
+                    break  # the cluster did not heal: later runs would measure nothing
+    finally:
+        c.close()
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def heal(args: argparse.Namespace) -> None:
+    """Re-address -> engines back and controller restart -> engines back, with the
+    last commit's picluster (before) and this tree's (after), in one run."""
+    tmp = Path(tempfile.mkdtemp(prefix="bench-head-"))
+    try:
+        before = head_src(tmp)
+        rows = []
+        for what in ("readdress", "restart"):
+            for label, src in (("before (HEAD)", before), ("after (this tree)", None)):
+                rows.append((what, label, heal_runs(what, src, args)))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    n = args.hosts_n * args.per_node
+    print(f"{args.hosts_n} engine hosts x {args.per_node} ({n} engines, controller runs none), "
+          f"{args.runs} runs each, deadline {args.deadline:.0f} s\n")  # fmt: skip
+    print("| fault -> all engines answer | code | runs (s) | median (s) |")
+    print("| --- | --- | --- | --- |")
+    for what, label, runs in rows:
+        shown = ", ".join("not back" if r is None else f"{r:.1f}" for r in runs)
+        done = [r for r in runs if r is not None]
+        med = f"{statistics.median(done):.1f}" if len(done) == len(runs) else "-"
+        fault = "controller re-addressed" if what == "readdress" else "controller power cut + start"
+        print(f"| {fault} | {label} | {shown} | {med} |")
+
+
 def main() -> None:
     if os.geteuid() != 0:
         sys.exit("bench.runtime needs root (network namespaces)")
@@ -273,6 +484,16 @@ def main() -> None:
     p = sub.add_parser("discovery")
     p.add_argument("--runs", type=int, default=10)
     p.set_defaults(func=discovery)
+    p = sub.add_parser("records", help="discovery latency, sealed mDNS records vs before")
+    p.add_argument("--runs", type=int, default=10)
+    p.add_argument("--rounds", type=int, default=2)
+    p.set_defaults(func=records)
+    p = sub.add_parser("heal", help="re-address and restart -> engines back, before/after")
+    p.add_argument("--hosts-n", type=int, default=4)
+    p.add_argument("--per-node", type=int, default=2)
+    p.add_argument("--runs", type=int, default=3)
+    p.add_argument("--deadline", type=float, default=60.0)
+    p.set_defaults(func=heal)
     for name, func in (("throughput", throughput), ("restart", restart), ("curve", curve)):
         p = sub.add_parser(name)
         p.add_argument("--hosts-n", type=int, default=4)

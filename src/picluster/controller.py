@@ -68,7 +68,7 @@ def controller_argv(config: Config, paths: Paths) -> list[str]:
     return [
         sys.executable,
         "-m",
-        "ipyparallel.controller",
+        "picluster.ipcontroller",  # ipcontroller whose restored engines must beat
         f"--profile-dir={paths.profile_dir}",
         f"--ip={config.controller.listen}",
         f"--ports={ports_argument(config.cluster.base_port)}",
@@ -96,10 +96,10 @@ def controller_argv(config: Config, paths: Paths) -> list[str]:
 def prune_own_engines(profile_dir: Path, host: str) -> list[str]:
     """Forget this host's engines in the saved engine state.
 
-    ``restore_engines`` re-creates every saved engine, and ipyparallel 9 never
-    purges a restored engine whose heart does not beat again. Engines on the
-    controller's own host certainly died with it (same process tree), so they
-    must not come back as ghosts that swallow tasks.
+    ``restore_engines`` re-creates every saved engine; ``picluster.ipcontroller``
+    lists one only from its first heartbeat and purges it after a grace period.
+    Engines on the controller's own host certainly died with it (same process
+    tree): they are not even given the grace period.
     """
     state_file = profile_dir / "log" / ENGINE_STATE
     try:

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import socket
+import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from rich.console import Console
@@ -15,6 +18,7 @@ from rich.table import Table
 from picluster import config, roles, secret
 from picluster.config import PORTS_USED
 from picluster.findings import Finding, Level, has_errors
+from picluster.mdns_log import quiet_zeroconf
 from picluster.paths import Paths, hostname
 
 IFF_UP = 0x1
@@ -70,16 +74,82 @@ def multicast_interfaces(sys_net: Path = Path("/sys/class/net")) -> list[str]:
     return out
 
 
-def check_multicast(sys_net: Path = Path("/sys/class/net")) -> Finding:
+STATIC_FIX = (
+    'Fix: give every engine card the controller\'s address, [cluster] controller = "<address>" '
+    "in /etc/picluster/cluster.toml (discovery is then skipped); with `picluster cards`, set "
+    'discovery = "static" in the manifest and give the controller\'s [[card]] a static '
+    'address = "192.168.1.10/24" (examples/cluster-manifest.toml), then write the cards again'
+)
+MDNS_DEADLINE_S = 3.0
+"""How long each mDNS question of the round trip may take (a first answer takes ~0.1 s)."""
+
+
+@dataclass(frozen=True)
+class RoundTrip:
+    """What a real mDNS round trip heard: seconds to each answer, None for silence."""
+
+    own: float | None
+    controller: float | None
+    controller_address: str = ""
+
+
+def mdns_round_trip(host: str, cluster: str, deadline: float = MDNS_DEADLINE_S) -> RoundTrip:
+    """Ask the LAN, by multicast, for this node's own record, then for the controller's."""
+    import asyncio
+
+    from zeroconf import IPVersion
+    from zeroconf.asyncio import AsyncServiceInfo
+
+    from picluster.discovery import choose_address, open_zeroconf
+    from picluster.records import CONTROLLER_TYPE, NODE_TYPE, ControllerRecord, NodeRecord
+
+    async def ask() -> RoundTrip:
+        aiozc = open_zeroconf()
+        try:
+            took: list[float | None] = []
+            infos = []
+            for type_, name in (
+                (NODE_TYPE, NodeRecord.service_name(host)),
+                (CONTROLLER_TYPE, ControllerRecord.service_name(cluster)),
+            ):
+                info = AsyncServiceInfo(type_, name)
+                start = time.monotonic()
+                answered = await info.async_request(aiozc.zeroconf, int(deadline * 1000))
+                took.append(time.monotonic() - start if answered else None)
+                infos.append(info)
+            address = ""
+            if took[1] is not None:
+                address = choose_address(infos[1].parsed_addresses(IPVersion.V4Only)) or ""
+            return RoundTrip(took[0], took[1], address)
+        finally:
+            await aiozc.async_close()
+
+    return asyncio.run(ask())
+
+
+def _agent_running(paths: Paths) -> bool:
+    with contextlib.suppress(OSError, ValueError):
+        return json.loads(paths.status_file.read_text()).get("state") not in (None, "stopped")
+    return False
+
+
+def check_multicast(
+    cfg: config.Config | None,
+    paths: Paths,
+    sys_net: Path = Path("/sys/class/net"),
+    round_trip: Callable[[str, str], RoundTrip] | None = None,
+) -> Finding:
+    """Multicast tested, not guessed: interfaces first, then a real mDNS round trip."""
     from picluster.discovery import lan_addresses
 
+    static = cfg.cluster.controller if cfg else ""
     ifaces = multicast_interfaces(sys_net)
     if not ifaces:
         return Finding(
             "multicast",
-            Level.FAIL,
+            Level.WARN if static else Level.FAIL,
             "no network interface is up with multicast: mDNS cannot find the controller. "
-            'Fix: connect Ethernet/Wi-Fi, or set [cluster] controller = "<address>"',
+            f"Fix: connect Ethernet/Wi-Fi{'' if static else '; or ' + STATIC_FIX[5:]}",
         )
     if not lan_addresses():
         return Finding(
@@ -88,7 +158,48 @@ def check_multicast(sys_net: Path = Path("/sys/class/net")) -> Finding:
             f"{', '.join(ifaces)} up but no IPv4 address. Fix: check DHCP on your router "
             "(or the card's network-config)",
         )
-    return Finding("multicast", Level.OK, f"multicast-capable: {', '.join(ifaces)}")
+    if cfg is None:
+        return Finding("multicast", Level.WARN, "mDNS not tested until the config is fixed")
+    ask = round_trip or mdns_round_trip
+    heard = ask(hostname(), cfg.cluster.name)
+    controller_name = f"{cfg.cluster.name}._ipyparallel._tcp.local."
+    if heard.controller is not None:
+        own = f"this node's record in {heard.own * 1000:.0f} ms, " if heard.own is not None else ""
+        return Finding(
+            "multicast",
+            Level.OK,
+            # Any answer proves multicast works; whether it is sealed by our secret is
+            # what `status` checks, so the address is not called "the controller" here.
+            f"mDNS round trip on {', '.join(ifaces)}: {own}an answer for {controller_name} "
+            f"from {heard.controller_address or '?'} in {heard.controller * 1000:.0f} ms "
+            "(`picluster status` checks its seal)",
+        )
+    wait = f"{MDNS_DEADLINE_S:.0f} s"
+    if heard.own is not None:
+        what = (
+            f"this node's own mDNS record answered, but nothing answered for {controller_name} "
+            f"within {wait}: the controller is off or not on this LAN, or multicast does not "
+            "cross this network (Wi-Fi client isolation)"
+        )
+    elif _agent_running(paths):
+        what = (
+            f"no mDNS answer within {wait}, not even for this node's own record (its agent is "
+            f"running), nor for {controller_name}: multicast is blocked on this network "
+            "(firewall, Wi-Fi client isolation)"
+        )
+    else:
+        what = (
+            f"no mDNS answer for {controller_name} within {wait} (this node's agent is not "
+            "running, so its own record could not be asked for): the controller is off, or "
+            "multicast is blocked on this network"
+        )
+    if static:
+        return Finding(
+            "multicast",
+            Level.WARN,
+            f"{what}. Not needed here: [cluster] controller = {static!r} is set",
+        )
+    return Finding("multicast", Level.FAIL, f"{what}. {STATIC_FIX}")
 
 
 def check_ports(cfg: config.Config | None, paths: Paths) -> Finding:
@@ -133,7 +244,7 @@ def check_encryption(cfg: config.Config | None) -> Finding:
 def run_checks(paths: Paths) -> list[Finding]:
     cfg_check, layered = check_config(paths)
     cfg = layered.config if layered else None
-    checks = [cfg_check, check_role(layered), check_secret(paths), check_multicast()]
+    checks = [cfg_check, check_role(layered), check_secret(paths), check_multicast(cfg, paths)]
     checks.append(check_encryption(cfg))
     role_ok = checks[1].level is Level.OK and cfg is not None
     if role_ok and cfg is not None and roles.decide(hostname(), cfg).role is roles.Role.CONTROLLER:
@@ -146,7 +257,8 @@ def main(
     console: Console | None = None,
     runner: Callable[[Paths], list[Finding]] = run_checks,
 ) -> int:
-    console = console or Console()
+    quiet_zeroconf()
+    console = console or Console(width=int(os.environ.get("COLUMNS", "120")))
     checks = runner(paths)
     table = Table(title=f"picluster doctor on {hostname()}", show_lines=True)
     table.add_column("check")

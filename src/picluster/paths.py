@@ -57,6 +57,11 @@ class Paths:
         return self.state_dir / "controller-instance"
 
     @property
+    def record_epoch(self) -> Path:
+        """The epoch of this node's last sealed mDNS records (``agent.core.next_epoch``)."""
+        return self.state_dir / "record-epoch"
+
+    @property
     def status_file(self) -> Path:
         """What the agent last saw and did, for ``picluster status`` on this node."""
         return self.state_dir / "agent-status.json"

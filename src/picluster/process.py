@@ -15,9 +15,12 @@ import ctypes
 import logging
 import os
 import signal
+import time
 from collections.abc import Callable, Mapping, Sequence
 
 PR_SET_PDEATHSIG = 1
+EXIT_POLL_S = 0.05
+KILL_WAIT_S = 10.0
 
 log = logging.getLogger(__name__)
 
@@ -89,20 +92,42 @@ class Child:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.proc.pid, sig)
 
+    async def _exited(self, timeout: float) -> bool:
+        """Whether the child itself exits within ``timeout`` s.
+
+        Not ``proc.wait()``: that also waits until nobody holds the output pipe,
+        and ipengine's nanny runs in a session of its own (out of reach of the
+        group signal) and lingers 3 s trying to say goodbye to the controller.
+        """
+        assert self.proc is not None
+        end = time.monotonic() + timeout
+        while self.proc.returncode is None:
+            if time.monotonic() > end:
+                return False
+            await asyncio.sleep(EXIT_POLL_S)
+        return True
+
     async def stop(self, grace: float = 5.0) -> None:
         """SIGTERM the group, SIGKILL what is left after ``grace`` seconds."""
         if self.proc is None:
             return
         if self.proc.returncode is None:
             self._signal_group(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(self.proc.wait(), grace)
-            except TimeoutError:
-                log.warning("%s did not stop in %.0f s; killing it", self.name, grace)
+            if not await self._exited(grace):
+                log.warning("%s did not stop in %.1f s; killing it", self.name, grace)
         # Grandchildren (schedulers, nannies) may outlive the leader: sweep the group.
         self._signal_group(signal.SIGKILL)
-        await self.proc.wait()
+        if not await self._exited(KILL_WAIT_S):
+            log.error(
+                "%s (pid %d) survived SIGKILL for %.0f s", self.name, self.proc.pid, KILL_WAIT_S
+            )
         if self._reader:
             self._reader.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._reader
+        # The nanny may still hold the pipe's other end: close ours now, or the transport
+        # outlives the event loop and asyncio prints "Event loop is closed" at exit.
+        # (No public handle exists; the child itself has exited, so nothing is killed.)
+        transport = getattr(self.proc, "_transport", None)
+        if transport is not None:
+            transport.close()

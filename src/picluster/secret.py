@@ -32,6 +32,7 @@ LABEL_CURVE_SERVER = b"curvezmq server secret key"
 LABEL_CURVE_CLIENT = b"curvezmq client secret key"
 LABEL_JUPYTER_TOKEN = b"jupyter token"
 LABEL_FINGERPRINT = b"key fingerprint"
+LABEL_RECORD_MAC = b"mdns record mac key"
 
 FINGERPRINT_LEN = 12
 """Hex digits of the fingerprint published over mDNS: 48 bits tell two secrets
@@ -180,6 +181,8 @@ class Keys:
     ipp_key: str
     jupyter_token: str
     fingerprint: str
+    record_key: bytes
+    """Keys the MAC that authenticates this cluster's mDNS records (``records.seal``)."""
     _secret: bytes
 
     @classmethod
@@ -190,6 +193,7 @@ class Keys:
             ipp_key=hkdf_sha256(secret, LABEL_IPP_KEY).hex(),
             jupyter_token=hkdf_sha256(secret, LABEL_JUPYTER_TOKEN, 24).hex(),
             fingerprint=fingerprint(secret),
+            record_key=hkdf_sha256(secret, LABEL_RECORD_MAC),
             _secret=secret,
         )
 

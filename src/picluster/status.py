@@ -4,6 +4,12 @@ Hosts come from the mDNS node records every agent publishes; "registered" is
 the controller's own view when this node can read the secret (it asks the
 controller with an ipyparallel Client), otherwise what each node reports about
 its engines.
+
+With the secret, only records sealed with this cluster's key count: a record
+that claims the cluster without the seal is listed as a problem
+("unauthenticated record from <address>"), never as a host. Without it
+(a user who cannot read the secret) nothing can be checked and the table
+says so. Everything that came off the LAN is printed as text, never as markup.
 """
 
 from __future__ import annotations
@@ -24,10 +30,10 @@ from rich.text import Text
 
 from picluster import config, secret
 from picluster.connection import client_info
-from picluster.discovery import browse, choose_address, open_zeroconf
+from picluster.discovery import Found, Scan, Stranger, browse, open_zeroconf
 from picluster.engines import host_of
 from picluster.paths import Paths
-from picluster.records import ControllerRecord, NodeRecord
+from picluster.records import ControllerRecord
 
 
 @dataclass
@@ -50,6 +56,8 @@ class View:
     registered_total: int | None
     hosts: list[HostRow]
     problems: list[str]
+    verified: bool = True
+    """Records were checked against the cluster's key (False: no secret to check with)."""
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -71,39 +79,77 @@ def registered_per_host(address: str, rec: ControllerRecord, keys: secret.Keys) 
         client.close()
 
 
-def build_view(
-    cluster: str,
-    controllers: list[tuple[ControllerRecord, list[str], str]],
-    nodes: list[tuple[NodeRecord, list[str]]],
-    keys: secret.Keys | None,
-) -> View:
+def _wrong_secret(scan: Scan, keys: secret.Keys | None) -> Stranger | None:
+    """The controller's record, if everything says this card's secret is wrong: no
+    controller record verifies, and one that claims the cluster has another key
+    fingerprint (``engine_role.EngineRole.untrusted`` explains the reasoning)."""
+    if keys is None or scan.controllers:
+        return None
+    for stranger in scan.strangers:
+        if stranger.kind == "controller" and stranger.fp not in (None, keys.fingerprint):
+            return stranger
+    return None
+
+
+def ghost_row(host: str, registered: int) -> HostRow:
+    """A host the controller lists engines for but that is not on the LAN."""
+    return HostRow(
+        host=host,
+        address="",
+        role="?",
+        state="gone",
+        engines=0,
+        reported=0,
+        registered=registered,
+        problems=[
+            f"ghost: {registered} engine(s) registered for {host}, which does not announce "
+            "itself on the LAN (powered off or lost?); they get no new work once the "
+            "controller drops them (missed heartbeats) or the host's agent starts again"
+        ],
+    )
+
+
+def build_view(cluster: str, scan: Scan, keys: secret.Keys | None) -> View:
     problems: list[str] = []
-    mine = [c for c in controllers if c[0].cluster == cluster]
-    ctl_rec, ctl_addr = None, None
-    if not mine:
+    ctl: Found | None = None
+    if not scan.controllers:
+        sealed = "sealed with this cluster's key " if keys else ""
         problems.append(
-            f"controller not seen: nothing announces {cluster}._ipyparallel._tcp.local. "
-            "(is the controller on, and does this network pass multicast?)"
+            f"controller not seen: nothing {sealed}announces cluster {cluster!r} (is the "
+            "controller on, and does this network pass multicast?)"
         )
     else:
-        ctl_rec, addrs, _ = mine[0]
-        ctl_addr = choose_address(addrs)
+        ctl = max(scan.controllers, key=lambda f: (f.fresh is not None, f.fresh or 0))
+    wrong = _wrong_secret(scan, keys)
+    if wrong is not None and keys is not None:
+        problems.append(
+            f"key fingerprint does not match: the controller at {wrong.address} announces "
+            f"fp={wrong.fp!r}, this card's secret gives fp={keys.fingerprint}, and none of "
+            "the cluster's records verify with it (wrong secret on this card). Fix: copy the "
+            "cluster's secret (the build's deploy/<name>.secret) to this card"
+        )
+    for stranger in scan.strangers:
+        if wrong is not None and stranger.fp == wrong.fp:
+            continue  # the same wrong secret, already said once
+        problems.append(str(stranger))
+    ctl_rec = ctl.record if ctl else None
+    ctl_addr = ctl.address if ctl else None
     rows = []
-    for rec, addrs in nodes:
-        if rec.cluster != cluster:
-            continue
+    for member in scan.nodes:
+        rec = member.record
         row = HostRow(
             host=rec.host,
-            address=choose_address(addrs) or "",
+            address=member.address,
             role=rec.role,
             state=rec.state,
             engines=rec.engines,
             reported=rec.registered,
         )
-        if ctl_rec and rec.fp != ctl_rec.fp:
+        if rec.state == "fingerprint-mismatch" or (ctl_rec and rec.fp != ctl_rec.fp):
             row.problems.append(
-                f"key fingerprint does not match: {rec.fp} here, {ctl_rec.fp} on the "
-                "controller (wrong secret on this card)"
+                f"key fingerprint does not match: {rec.fp} here"
+                + (f", {ctl_rec.fp} on the controller" if ctl_rec and rec.fp != ctl_rec.fp else "")
+                + " (wrong secret on this card)"
             )
         if rec.state == "duplicate-controller":
             row.problems.append(f"two controllers with the cluster name {cluster!r}")
@@ -120,6 +166,10 @@ def build_view(
             total = sum(counts.values())
             for row in rows:
                 row.registered = counts.get(row.host, 0)
+            # Engines of a host that no longer announces itself: a row each, so
+            # that the rows add up to the total, and flagged (issue 14).
+            for host in sorted(set(counts) - {row.host for row in rows}):
+                rows.append(ghost_row(host, counts[host]))
     for row in rows:
         got = row.registered if row.registered is not None else row.reported
         if row.engines and got < row.engines and not row.problems:
@@ -132,6 +182,7 @@ def build_view(
         registered_total=total,
         hosts=rows,
         problems=problems,
+        verified=keys is not None,
     )
 
 
@@ -142,15 +193,14 @@ def gather(paths: Paths, seconds: float) -> View:
     with contextlib.suppress(secret.SecretError):
         keys = secret.Keys.derive(secret.load(secret.credential_path(paths.secret)))
 
-    async def scan() -> tuple[Any, Any]:
+    async def scan() -> Scan:
         aiozc = open_zeroconf()
         try:
-            return await browse(aiozc, seconds)
+            return await browse(aiozc, seconds, cfg.cluster.name, keys.record_key if keys else None)
         finally:
             await aiozc.async_close()
 
-    controllers, nodes = asyncio.run(scan())
-    return build_view(cfg.cluster.name, controllers, nodes, keys)
+    return build_view(cfg.cluster.name, asyncio.run(scan()), keys)
 
 
 def render(view: View, console: Console | None = None) -> None:
@@ -171,10 +221,15 @@ def render(view: View, console: Console | None = None) -> None:
             escape("; ".join(row.problems)) or "[green]ok[/green]",
         )
     console.print(table)
+    if not view.verified:
+        console.print("records not verified: this user cannot read the secret (run as root)")
     if view.registered_total is None:
-        console.print(
-            "* as reported by the node (the controller's view needs the secret: run as root)"
+        why = (
+            "the controller could not be asked: see the problems below"
+            if view.verified
+            else "the controller's view needs the secret: run as root"
         )
+        console.print(f"* as reported by the node ({why})")
     else:
         console.print(f"{view.registered_total} engines registered with the controller")
     for problem in view.problems:

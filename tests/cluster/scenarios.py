@@ -22,36 +22,50 @@ report, and which waits with ``scene.wait_for`` rather than sleeping.
 
 from __future__ import annotations
 
-from tests.cluster.steps import (
+from tests.cluster.steps import (  # healing (issue 14)
+    CONTROLLER_NAME,
     Scenario,
     agent_exits,
     client_file_connects,
+    doctor_fails_with,
     drop_multicast,
     each_controller_sees,
     engine_hosts,
     engine_output_reaches_client,
     engine_pids_unchanged,
+    engines_back,
+    engines_started_long_before,
+    ghosts_gone,
     hello_world,
     join,
     load_balanced_map,
     log_matches,
     log_says,
+    log_says_stranger,
     map_completes,
+    map_without_retries,
+    no_agent_traceback,
     no_engine_state,
     no_process,
     no_secret_in_log,
     nothing_left_running,
     power_cut,
+    readdress,
+    remember_engine_ids,
     remember_engine_pids,
     remember_engines,
+    restart_agent,
     same_engines_as,
     scatter_gather,
     start,
     start_map,
     static_controller,
+    status_cli_problem,
     status_cli_reports,
+    status_flags_ghost,
     status_is,
     stop_agent,
+    stranger_announces,
     stranger_heard_nothing,
     stranger_listens,
 )
@@ -70,6 +84,9 @@ def controller_and_engine_hosts(n: int) -> list:
     return [join("controller", CONTROLLER)] + [join(f"engine-{i}", ENGINE) for i in range(1, n + 1)]
 
 
+# The engines of ``controller_and_engine_hosts(2)``, by host.
+USUAL_ENGINES = {"controller": 1, "engine-1": 2, "engine-2": 2}
+
 # A controller that comes back gets the engine hosts' engines back, untouched.
 ENGINES_NOTED = [remember_engines("before", 5), remember_engine_pids("engine-1", "engine-2")]
 ENGINES_RESTORED = [
@@ -78,6 +95,25 @@ ENGINES_RESTORED = [
     hello_world(5),
 ]
 
+
+# -- authenticated records (issue 14) ----------------------------------------------------
+CONTROLLER_TYPE, NODE_TYPE = "_ipyparallel._tcp.local.", "_picluster._tcp.local."
+FORMED = {"controller": 1, "engine-1": 2, "engine-2": 2}
+SPOOF = {"v": "1", "cluster": "picluster", "port": "47000", "ipp": "9.2.0",
+         "iid": "5900f5900f59", "fp": "000000000000", "curve": "1"}  # fmt: skip
+CRAFTED_NODE = {"v": "1", "host": "[/]", "role": "[bold red]controller", "cluster": "picluster",
+                "engines": "99", "registered": "99", "state": "[/]running", "fp": "[/]",
+                "version": "0"}  # fmt: skip
+STILL_THE_REAL_CONTROLLER = [
+    log_says_stranger("engine-1"),
+    engine_pids_unchanged(),
+    engine_hosts(FORMED, why="the engines must stay with the real controller"),
+    status_is("controller", "running"),
+    status_is("engine-2", "running"),
+    status_cli_problem(
+        "controller", "unauthenticated record from {stranger}", hosts=sorted(FORMED)
+    ),
+]
 
 SCENARIOS = [
     # -- formation: the cluster forms by mDNS alone and does the tutorials' work ---------
@@ -208,7 +244,7 @@ SCENARIOS = [
         fault=[join("head", CONTROLLER)],
         expect=[
             status_is("head", "duplicate-controller", why="the second controller"),
-            no_process("head", "ipyparallel.controller", "head kept an ipcontroller running"),
+            no_process("head", "picluster.ipcontroller", "head kept an ipcontroller running"),
             status_cli_reports(on="controller", about="head", problem="two controllers"),
         ],
     ),
@@ -219,5 +255,156 @@ SCENARIOS = [
         nodes=[join("controller", CONTROLLER), join("engine-1", ENGINE)],
         fault=[stranger_listens(47000 + 12)],
         expect=[engine_output_reaches_client(3, "overheard"), stranger_heard_nothing()],
+    ),
+    # -- healing (issue 14): address changes, ghosts, a doctor that tests ------------------
+    Scenario(
+        "controller-re-addressed-engines-follow",
+        "The controller's address changes (a DHCP renewal): it announces the new one "
+        "and every engine host re-registers its engines there within 10 s.",
+        nodes=controller_and_engine_hosts(2),
+        before=[engine_hosts(USUAL_ENGINES)],
+        fault=[readdress("controller", 200)],
+        expect=[
+            engines_back(USUAL_ENGINES, within=10, since="controller readdressed"),
+            no_agent_traceback("controller", "zeroconf must not log tracebacks"),
+        ],
+    ),
+    Scenario(
+        "engines-started-long-before-the-controller",
+        "Engine hosts (one by mDNS, one with a static address) boot 45 s before the "
+        "controller: their engines are back within 10 s of the controller's start. (The "
+        "issue asks 90 s; 45 s is the CI variant: an engine host starts no ipengine "
+        "before the controller's port answers, so nothing changes with the wait. The "
+        "90 s variant passed too, see bench/README.md.)",
+        nodes=[
+            join("controller", CONTROLLER, start=False),
+            join("engine-1", ENGINE),
+            join("engine-2", static_controller(ENGINE)),
+        ],
+        fault=[engines_started_long_before("controller", 45)],
+        expect=[engines_back(USUAL_ENGINES, within=10, since="controller started")],
+    ),
+    Scenario(
+        "no-ghosts-after-controller-down-and-engine-host-lost",
+        "The controller goes down, an engine host is lost meanwhile, the controller "
+        "comes back: the lost host's engines are never listed and a 200-task map "
+        "without retries completes.",
+        nodes=controller_and_engine_hosts(2),
+        before=[remember_engine_ids("lost", "engine-2", 5)],
+        fault=[power_cut("controller"), power_cut("engine-2"), restart_agent("controller")],
+        expect=[
+            map_without_retries(200, n=3),
+            ghosts_gone("lost", within=30, since="controller started"),
+            engine_hosts({"controller": 1, "engine-1": 2}, why="engine-2 is gone"),
+        ],
+    ),
+    Scenario(
+        "engine-host-reboot-leaves-no-ghost",
+        "An engine host loses power and boots again: its agent unregisters the engines "
+        "it ran before, so they are gone within 5 s and work on all engines completes.",
+        nodes=controller_and_engine_hosts(2),
+        before=[remember_engine_ids("old", "engine-1", 5)],
+        fault=[power_cut("engine-1"), restart_agent("engine-1")],
+        expect=[
+            ghosts_gone("old", within=5, since="engine-1 started"),
+            engines_back(USUAL_ENGINES, within=15, since="engine-1 started"),
+        ],
+    ),
+    Scenario(
+        "status-flags-the-engines-of-a-lost-host",
+        "An engine host loses power: until the controller drops its engines, "
+        "`picluster status` lists them in a row of their own, flagged as ghosts, and its "
+        "rows add up to its total.",
+        nodes=controller_and_engine_hosts(2),
+        before=[engine_hosts(USUAL_ENGINES)],
+        fault=[power_cut("engine-2")],
+        expect=[status_flags_ghost(on="controller", lost="engine-2")],
+    ),
+    Scenario(
+        "multicast-blocked-doctor-names-the-static-address",
+        "Multicast is dropped on an engine host without a static controller address: "
+        "`picluster doctor` fails its mDNS round trip and names the fix; the agent logs "
+        "no traceback.",
+        nodes=[join("controller", CONTROLLER), join("engine-1", ENGINE, start=False)],
+        fault=[drop_multicast("engine-1"), start("engine-1")],
+        expect=[
+            doctor_fails_with(
+                "engine-1", '[cluster] controller = "', 'discovery = "static"', "address ="
+            ),
+            no_agent_traceback("engine-1", "blocked multicast must be one clear line"),
+        ],
+    ),
+    # -- authenticated records (issue 14): what a stranger on the LAN can announce ----------
+    *[
+        Scenario(
+            name,
+            why,
+            nodes=controller_and_engine_hosts(2),
+            before=[engine_hosts(FORMED), remember_engine_pids("engine-1", "engine-2")],
+            fault=[spoof],
+            expect=STILL_THE_REAL_CONTROLLER,
+        )
+        for name, why, spoof in (
+            (
+                "spoofed-controller-record-is-ignored",
+                "A stranger announces the controller's name with another key fingerprint "
+                "(no secret, no seal): no engine host stops or moves its engines.",
+                stranger_announces(
+                    "a controller record with another fingerprint",
+                    {"type": CONTROLLER_TYPE, "name": CONTROLLER_NAME, "props": SPOOF},
+                ),
+            ),
+            (
+                "copied-controller-record-with-another-address-is-ignored",
+                "A stranger copies the controller's (public, sealed) TXT and announces it "
+                "under its own address: the seal covers the addresses, nobody follows it.",
+                stranger_announces(
+                    "a copy of the controller's record at its own address",
+                    {"type": CONTROLLER_TYPE, "name": CONTROLLER_NAME, "copy": CONTROLLER_NAME},
+                ),
+            ),
+        )
+    ],
+    Scenario(
+        "name-squatted-before-the-controller-starts",
+        "A stranger claims the controller's mDNS name before the controller boots: the "
+        "controller still starts ipcontroller (under another name) and the engines join it.",
+        nodes=[join("controller", CONTROLLER, start=False)]
+        + [join(f"engine-{i}", ENGINE) for i in (1, 2)],
+        fault=[
+            stranger_announces(
+                "a record claiming the controller's name",
+                {"type": CONTROLLER_TYPE, "name": CONTROLLER_NAME, "props": SPOOF},
+            ),
+            start("controller"),
+        ],
+        expect=[
+            engine_hosts(FORMED, why="the engines must join the real controller"),
+            status_is("controller", "running", why="ipcontroller despite the squatter"),
+            log_says_stranger("controller"),
+            status_cli_problem(
+                "controller", "unauthenticated record from {stranger}", hosts=sorted(FORMED)
+            ),
+        ],
+    ),
+    Scenario(
+        "crafted-node-record-is-not-a-member",
+        "A stranger announces a node record of our cluster with rich markup in its fields: "
+        "`picluster status` prints it as a problem (text, no traceback), not as a host.",
+        nodes=controller_and_engine_hosts(2),
+        before=[engine_hosts(FORMED)],
+        fault=[
+            stranger_announces(
+                "a node record with markup in its fields",
+                {"type": NODE_TYPE, "name": f"[/]evil.{NODE_TYPE}", "props": CRAFTED_NODE},
+            )
+        ],
+        expect=[
+            status_cli_problem(
+                "controller", "unauthenticated record from {stranger}", hosts=sorted(FORMED)
+            ),
+            engine_hosts(FORMED),
+            status_is("controller", "running"),
+        ],
     ),
 ]

@@ -541,3 +541,307 @@ def client_file_connects(hostname: str, n: int) -> Step:
         assert env_run.stdout.strip() == repr(["Hello World"] * n)
 
     return run
+
+
+# -- healing (issue 14): address changes, ghosts, the doctor ---------------------------------
+
+
+def readdress(hostname: str, last_octet: int) -> Step:
+    """A DHCP renewal gives ``hostname`` another address: the new one is added, the
+    old one removed (``ip addr`` in its namespace); the moment is noted."""
+
+    @step(f"{hostname}'s address changes to .{last_octet}")
+    def run(scene: Scene) -> None:
+        host = scene.node(hostname).host
+        new = host.address.rsplit(".", 1)[0] + f".{last_octet}"
+        # Keep the new address when the old (primary) one goes, as NetworkManager does.
+        host.run("sysctl", "-qw", "net.ipv4.conf.eth0.promote_secondaries=1")
+        host.run("ip", "addr", "add", f"{new}/24", "dev", "eth0")
+        host.run("ip", "addr", "del", f"{host.address}/24", "dev", "eth0")
+        host.address = new
+        scene.saved[f"{hostname} readdressed"] = time.time()
+
+    return run
+
+
+def restart_agent(hostname: str) -> Step:
+    """``hostname``'s agent starts (again); the moment is noted."""
+
+    @step(f"{hostname}'s agent starts again")
+    def run(scene: Scene) -> None:
+        scene.node(hostname).start()
+        scene.saved[f"{hostname} started"] = time.time()
+
+    return run
+
+
+def engines_started_long_before(hostname: str, seconds: float) -> Step:
+    """The engine hosts' agents have been up ``seconds`` when ``hostname`` boots.
+
+    The wait is the fault itself (time passing without a controller), not a way
+    to let something finish."""
+
+    @step(f"{seconds:.0f} s pass before {hostname} starts")
+    def run(scene: Scene) -> None:
+        time.sleep(seconds)
+        scene.node(hostname).start()
+        scene.saved[f"{hostname} started"] = time.time()
+
+    return run
+
+
+ENGINES_BACK = """
+import socket, time
+t0, deadline, want = {t0!r}, {deadline!r}, {want!r}
+got = None
+while time.time() - t0 < deadline:
+    ids = rc.ids
+    if len(ids) == len(want):
+        ar = rc[ids].apply_async(socket.gethostname)
+        try:
+            got = sorted(ar.get(timeout=max(0.5, deadline - (time.time() - t0))))
+        except Exception as exc:
+            got = repr(exc)
+        if got == want:
+            break
+    time.sleep(0.05)
+took = time.time() - t0
+result = {{"took": took, "got": got if isinstance(got, list) else [got], "ids": rc.ids}}
+"""
+
+
+def engines_back(hosts: Mapping[str, int], within: float, since: str, via: str = "controller"):
+    """Exactly these engines answer through ``via`` at most ``within`` seconds after
+    the moment noted as ``since`` (an address change, an agent start)."""
+
+    @step(f"the engines {dict(hosts)} answer within {within:.0f} s of {since}")
+    def run(scene: Scene) -> None:
+        t0 = scene.saved[since]
+        code = ENGINES_BACK.format(t0=t0, deadline=within, want=spread(hosts))
+        out = scene.client(code, via, timeout=within + 90)
+        print(f"engines back {out['took']:.1f} s after {since}")
+        assert out["got"] == spread(hosts) and out["took"] <= within, (
+            f"within {within:.0f} s of {since} the engines {spread(hosts)} did not all answer "
+            f"(after {out['took']:.1f} s: {out['got']}, ids {out['ids']}){scene.cluster.logs()}"
+        )
+
+    return run
+
+
+def remember_engine_ids(key: str, hostname: str, n: int, via: str = "controller") -> Step:
+    """Wait for ``n`` engines in all and note the ids of ``hostname``'s as ``key``."""
+
+    @step(f"the engine ids of {hostname} are noted")
+    def run(scene: Scene) -> None:
+        code = wait_for_engines(n, scene.deadline) + (
+            f"result = sorted(int(i) for i, u in rc._engines.items() if ':{hostname}:' in u)"
+        )
+        scene.saved[key] = ids = scene.client(code, via)
+        assert ids, f"{hostname} had no engine registered"
+
+    return run
+
+
+GHOSTS_GONE = """
+import time
+t0, deadline, old = {t0!r}, {deadline!r}, set({old!r})
+while old & set(rc.ids) and time.time() - t0 < deadline:
+    time.sleep(0.05)
+result = {{"took": time.time() - t0, "left": sorted(old & set(rc.ids))}}
+"""
+
+
+def ghosts_gone(key: str, within: float, since: str, via: str = "controller") -> Step:
+    """None of the engine ids noted as ``key`` is listed ``within`` s after ``since``."""
+
+    @step(f"the engine ids noted as {key!r} are gone within {within:.0f} s of {since}")
+    def run(scene: Scene) -> None:
+        code = GHOSTS_GONE.format(t0=scene.saved[since], deadline=within, old=scene.saved[key])
+        out = scene.client(code, via, timeout=within + 90)
+        print(f"ghosts gone {out['took']:.1f} s after {since}")
+        assert not out["left"], (
+            f"engines {out['left']} of a host that is gone were still listed {within:.0f} s "
+            f"after {since}{scene.cluster.logs()}"
+        )
+
+    return run
+
+
+def map_without_retries(n_tasks: int, n: int, deadline: float = 120, via: str = "controller"):
+    """A load-balanced map with no retries: one task sent to a ghost never comes back."""
+
+    @step(f"a load-balanced map of {n_tasks} tasks without retries on {n} engines completes")
+    def run(scene: Scene) -> None:
+        code = wait_for_engines(n, scene.deadline) + (
+            "view = rc.load_balanced_view()\nview.set_flags(retries=0)\n"
+            f"ar = view.map_async(lambda v: v * v, range({n_tasks}))\n"
+            f"try:\n    result = ar.get(timeout={deadline:.0f})\n"
+            "except Exception as exc:\n"
+            "    result = f'{ar.progress}/' + str(len(ar)) + f' done, then {exc!r}'\n"
+        )
+        got = scene.client(code, via, timeout=scene.deadline + deadline + 60)
+        assert got == [v * v for v in range(n_tasks)], (
+            f"the map did not complete: {got if isinstance(got, str) else 'wrong results'}"
+            f"{scene.cluster.logs()}"
+        )
+
+    return run
+
+
+def doctor_fails_with(hostname: str, *fixes: str) -> Step:
+    """``picluster doctor`` on ``hostname`` exits 1 and its report names every fix."""
+
+    @step(f"`picluster doctor` on {hostname} fails and names {', '.join(map(repr, fixes))}")
+    def run(scene: Scene) -> None:
+        node = scene.node(hostname)
+        # As on the card: its hostname, its state dir, and a terminal wide enough
+        # that the report's lines are not folded.
+        out = node.host.run(
+            "env", f"PICLUSTER_HOSTNAME={hostname}", "COLUMNS=1000",
+            sys.executable, "-m", "picluster", "doctor", "--config", str(node.config),
+            "--secret", str(node.secret), "--state-dir", str(node.state_dir), check=False,
+        )  # fmt: skip
+        text = " ".join((out.stdout + out.stderr).split())
+        assert out.returncode == 1, f"doctor exited {out.returncode}:\n{out.stdout}{out.stderr}"
+        for fix in fixes:
+            assert fix in text, f"doctor's report does not name {fix!r}:\n{out.stdout}"
+        assert "Traceback" not in out.stderr, out.stderr
+
+    return run
+
+
+def no_agent_traceback(hostname: str, why: str) -> Step:
+    """The agent itself logged no traceback (its children's output is prefixed)."""
+
+    @step(f"{hostname}'s agent logged no traceback")
+    def run(scene: Scene) -> None:
+        log = scene.node(hostname).log.read_text()
+        assert "\nTraceback (most recent call last):" not in log, f"{why}:\n{log[-3000:]}"
+
+    return run
+
+
+# -- authenticated records (issue 14): a stranger announcing on the LAN ----------------------
+
+# A host without the secret publishes mDNS records with python-zeroconf, as anyone on
+# the LAN can. ``copy`` first reads a real record and republishes its TXT (public)
+# under the stranger's own address. Registered as cooperating responders: a stranger
+# does not probe or yield a name another host owns.
+STRANGER_RECORDS = r"""
+import json, signal, sys, time
+from zeroconf import InterfaceChoice, IPVersion, ServiceInfo, Zeroconf
+signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+spec, address = json.loads(sys.argv[1]), sys.argv[2]
+zc = Zeroconf(interfaces=InterfaceChoice.All, ip_version=IPVersion.V4Only)
+
+def copy_of(type_, name):
+    end = time.monotonic() + 60
+    while time.monotonic() < end:
+        info = zc.get_service_info(type_, name, timeout=3000)
+        if info is not None and info.properties:
+            return {k.decode(): (v or b"").decode() for k, v in info.properties.items()}
+    sys.exit(f"within 60 s: could not resolve {name} to copy it")
+
+try:
+    for r in spec:
+        props = (copy_of(r["type"], r["copy"]) if r.get("copy") else {}) | r.get("props", {})
+        zc.register_service(
+            ServiceInfo(r["type"], r["name"], port=r.get("port", 47000), properties=props,
+                        server="stranger.picluster.local.", parsed_addresses=[address]),
+            cooperating_responders=True, strict=False,
+        )
+    print("ANNOUNCED", flush=True)
+    signal.pause()
+finally:
+    zc.close()
+"""
+
+CONTROLLER_NAME = "picluster._ipyparallel._tcp.local."
+"""The controller record's name for the default cluster name."""
+
+
+def stranger_announces(what: str, *records: dict[str, Any], deadline: float = 90) -> Step:
+    """A stranger on the LAN (the client host, no secret) announces ``records``: dicts
+    with ``type``, ``name``, ``props`` and optionally ``copy`` (the name of a real
+    record whose TXT to copy first) and ``port``. Its address is saved as "stranger"."""
+
+    @step(f"a stranger on the LAN announces {what}")
+    def run(scene: Scene) -> None:
+        host = scene.cluster.client_host
+        proc = subprocess.Popen(
+            ["ip", "netns", "exec", host.ns, sys.executable, "-c", STRANGER_RECORDS,
+             json.dumps(list(records)), host.address],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        scene.cleanup.callback(_reap, proc)
+        scene.saved["stranger"] = host.address
+        assert proc.stdout is not None
+        line = proc.stdout.readline()  # "ANNOUNCED", or EOF if it failed
+        if "ANNOUNCED" not in line:
+            _reap(proc)
+            raise AssertionError(f"the stranger could not announce {what}: {proc.stderr.read()}")
+
+    return run
+
+
+def status_cli_problem(
+    on: str, problem: str, exit_code: int = 1, hosts: Sequence[str] = ()
+) -> Step:
+    """``picluster status --json`` on ``on`` lists ``problem`` (``{stranger}`` is the
+    stranger's address) among the cluster's problems and exactly ``hosts`` as hosts
+    (when given); ``picluster status`` (the table) exits the same, without a traceback."""
+
+    @step(f"`picluster status` on {on} reports {problem!r}")
+    def run(scene: Scene) -> None:
+        wanted = problem.format(stranger=scene.saved.get("stranger", "?"))
+        node = scene.node(on)
+        got = node.cli("status", "--json", check=False)
+        view = json.loads(got.stdout)
+        assert any(wanted in p for p in view["problems"]), (wanted, view["problems"])
+        if hosts:
+            assert sorted(h["host"] for h in view["hosts"]) == sorted(hosts), view["hosts"]
+        assert got.returncode == exit_code, f"status exited {got.returncode}, not {exit_code}"
+        table = node.cli("status", check=False)
+        assert "Traceback" not in table.stderr, table.stderr
+        assert table.returncode == exit_code and wanted in " ".join(table.stdout.split()), (
+            table.stdout
+        )
+        _assert_no_secret(scene, got.stdout + table.stdout)
+
+    return run
+
+
+def log_says_stranger(hostname: str) -> Step:
+    """The agent's log says, once, that the stranger's record was ignored."""
+
+    @step(f"{hostname}'s agent log reports the stranger's record once")
+    def run(scene: Scene) -> None:
+        text = f"unauthenticated record from {scene.saved['stranger']}"
+        node = scene.node(hostname)
+        scene.wait_for(lambda: text in node.log.read_text(), f"{hostname} logging {text!r}", 30)
+        log = node.log.read_text()
+        names = re.findall(re.escape(text) + r" \((\w+ '[^']*')", log)
+        assert len(names) == len(set(names)), f"reported more than once:\n{log[-3000:]}"
+
+    return run
+
+
+def status_flags_ghost(on: str, lost: str) -> Step:
+    """``picluster status --json`` as root on ``on``: a row for ``lost`` flagged as a
+    ghost, and the rows' registered engines add up to the total it prints."""
+
+    @step(f"`picluster status` on {on} flags {lost}'s engines as ghosts and adds up")
+    def run(scene: Scene) -> None:
+        node = scene.node(on)
+        out = node.host.run(
+            "env", f"PICLUSTER_HOSTNAME={on}", sys.executable, "-m", "picluster", "status",
+            "--json", "--config", str(node.config), "--secret", str(node.secret), check=False,
+        )  # fmt: skip
+        view = json.loads(out.stdout)
+        rows = {h["host"]: h for h in view["hosts"]}
+        assert lost in rows and any("ghost" in p for p in rows[lost]["problems"]), view
+        total = sum(h["registered"] or 0 for h in view["hosts"])
+        assert view["registered_total"] == total, f"rows add up to {total}: {view}"
+        assert out.returncode == 1, "status must exit 1 when it flags a problem"
+
+    return run

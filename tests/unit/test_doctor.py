@@ -14,6 +14,20 @@ def paths(tmp_path, monkeypatch):
     return p
 
 
+READ_FLAGS = doctor.multicast_interfaces  # the real one, before any test patches it
+
+
+@pytest.fixture(autouse=True)
+def lan(monkeypatch):
+    """No unit test sends multicast on this machine's real network: the mDNS round
+    trip answers what the test sets, and the node has one LAN interface."""
+    heard = {"trip": doctor.RoundTrip(0.1, 0.1, "10.0.0.1")}
+    monkeypatch.setattr(doctor, "mdns_round_trip", lambda host, cluster: heard["trip"])
+    monkeypatch.setattr(doctor, "multicast_interfaces", lambda sys_net=None: ["eth0"])
+    monkeypatch.setattr("picluster.discovery.lan_addresses", lambda: ["10.0.0.2"])
+    return heard
+
+
 def by_name(checks):
     return {c.name: c for c in checks}
 
@@ -72,7 +86,7 @@ def test_multicast_interfaces_reads_flags(tmp_path):
     for name, flags in (("lo", 0x49), ("eth0", 0x1003), ("wlan0", 0x1002)):
         (tmp_path / name).mkdir()
         (tmp_path / name / "flags").write_text(f"{flags:#x}\n")
-    assert doctor.multicast_interfaces(tmp_path) == ["eth0"]
+    assert READ_FLAGS(tmp_path) == ["eth0"]
 
 
 def test_exit_status(paths, capsys):
@@ -80,3 +94,28 @@ def test_exit_status(paths, capsys):
     paths.secret.unlink()
     assert doctor.main(paths) == 1
     assert "no cluster secret" in capsys.readouterr().out
+
+
+def test_mdns_round_trip_answered(paths):
+    check = by_name(doctor.run_checks(paths))["multicast"]
+    assert (
+        check.level is Level.OK
+        and "from 10.0.0.1" in check.message
+        and "checks its seal" in check.message
+    )
+
+
+@pytest.mark.parametrize("own", [None, 0.1], ids=["silent", "own-record-only"])
+def test_mdns_silence_fails_and_names_the_static_fix(paths, lan, own):
+    lan["trip"] = doctor.RoundTrip(own, None)
+    check = by_name(doctor.run_checks(paths))["multicast"]
+    assert check.level is Level.FAIL
+    for fix in ('[cluster] controller = "<address>"', 'discovery = "static"', "address ="):
+        assert fix in check.message
+
+
+def test_mdns_silence_is_only_a_warning_with_a_static_controller(paths, lan):
+    paths.config.write_text('[cluster]\ncontroller = "10.0.0.1"\n')
+    lan["trip"] = doctor.RoundTrip(None, None)
+    check = by_name(doctor.run_checks(paths))["multicast"]
+    assert check.level is Level.WARN and "not needed here" in check.message.lower()

@@ -21,7 +21,7 @@ def test_derivations_are_distinct_and_stable():
     s = bytes(range(32))
     a, b = Keys.derive(s), Keys.derive(s)
     assert a == b
-    assert len({a.ipp_key, a.jupyter_token, a.fingerprint}) == 3
+    assert len({a.ipp_key, a.jupyter_token, a.fingerprint, a.record_key.hex()}) == 4
     assert len(a.ipp_key) == 64 and len(a.jupyter_token) == 48 and len(a.fingerprint) == 12
     assert s.hex() not in (a.ipp_key + a.jupyter_token)
     assert Keys.derive(secret.generate()).ipp_key != a.ipp_key

@@ -21,6 +21,7 @@ from picluster import roles
 from picluster.agent.controller_role import ControllerRole
 from picluster.agent.core import RoleSide, StartupError, check, serve
 from picluster.agent.engine_role import EngineRole
+from picluster.mdns_log import quiet_zeroconf
 from picluster.paths import Paths
 
 log = logging.getLogger(__name__)
@@ -33,6 +34,7 @@ SIDES: dict[roles.Role, type[RoleSide]] = {
 
 def run(paths: Paths) -> int:
     """The service's main: EX_CONFIG (systemd does not restart it) if the node cannot join."""
+    quiet_zeroconf()
     try:
         setup = check(paths)
     except StartupError as exc:

@@ -23,7 +23,7 @@ from typing import Any
 from zeroconf.asyncio import AsyncZeroconf
 
 from picluster import __version__, config, roles, secret
-from picluster.discovery import Announcer, DuplicateName, open_zeroconf
+from picluster.discovery import Announcer, DuplicateName, Sealer, Stranger, open_zeroconf
 from picluster.engines import EngineGroup, resolve_count
 from picluster.errors import ConfigurationError
 from picluster.files import atomic_write_text
@@ -38,6 +38,21 @@ ANNOUNCE_SETTLE_S = 0.3
 
 class StartupError(ConfigurationError):
     """Something a person must fix before this node can join (exit status EX_CONFIG)."""
+
+
+def next_epoch(paths: Paths) -> int:
+    """This agent run's record epoch (``records.Freshness``): one more than the last
+    run's, and at least the clock in seconds, so that a card whose state dir was
+    wiped still starts above its old records when its clock is sane. Never lower
+    than a value this node announced before, whatever the clock says."""
+    try:
+        last = int(paths.record_epoch.read_text().strip())
+    except (OSError, ValueError):
+        last = 0
+    epoch = max(last + 1, int(time.time()))
+    with contextlib.suppress(OSError):
+        atomic_write_text(paths.record_epoch, f"{epoch}\n")
+    return epoch
 
 
 @dataclass
@@ -118,6 +133,9 @@ class Node:
         self._dirty = asyncio.Event()
         self.aiozc: AsyncZeroconf | None = None
         self.announcer: Announcer | None = None
+        self._reannounce: asyncio.Task[None] | None = None
+        self.sealer = Sealer(setup.keys.record_key, next_epoch(setup.paths))
+        self._strangers: set[tuple[str, str, str]] = set()
 
     # -- status: journal, state file, mDNS node record ---------------------------------
 
@@ -132,6 +150,19 @@ class Node:
             log.log(level, "%s%s", state, f": {detail}" if detail else "")
         self.status.state, self.status.detail = state, detail
         self._changed()
+
+    def _announcer(self) -> Announcer:
+        """An announcer on the current responder, sealing with this run's sealer."""
+        assert self.aiozc is not None
+        return Announcer(self.aiozc, self.setup.host, self.sealer)
+
+    def report_stranger(self, stranger: Stranger) -> None:
+        """Log a record that claims our cluster without our seal, once per sender
+        and name (a stranger repeating itself must not flood the journal)."""
+        key = (stranger.kind, stranger.name, stranger.address)
+        if key not in self._strangers:
+            self._strangers.add(key)
+            log.warning("%s; ignored", stranger)
 
     def _record(self) -> NodeRecord:
         return NodeRecord(
@@ -182,13 +213,47 @@ class Node:
                     )
                     node_announced = True
 
+    # -- healing: this host's addresses changed ------------------------------------------
+
+    async def readdress(self) -> None:
+        """Open the mDNS responder again after this host's addresses changed.
+
+        python-zeroconf binds a socket to each interface address it found when
+        it opened: after a DHCP renewal or a router reboot the old ones fail
+        ("Network is unreachable") and nothing is announced with the new one.
+        The role side re-announces its own records on ``self.announcer`` after
+        this; the node record is announced again meanwhile (probing takes ~1.2 s
+        per name, so the two run side by side).
+        """
+        old_zc = self.aiozc
+        if old_zc is not None:
+            # No goodbyes: they would go out from the address that is gone, and
+            # the new announcement replaces the old records in every cache anyway.
+            registry = old_zc.zeroconf.registry
+            with contextlib.suppress(Exception):
+                registry.async_remove(registry.async_get_service_infos())
+            with contextlib.suppress(Exception):
+                await old_zc.async_close()
+        self.aiozc = open_zeroconf()
+        self.announcer = self._announcer()
+        self._reannounce = asyncio.create_task(self._announce_node_again())
+
+    async def _announce_node_again(self) -> None:
+        assert self.announcer is not None
+        try:
+            await self.announcer.announce_node(self._record(), self.setup.config.cluster.base_port)
+        except DuplicateName:
+            log.error("another node announces the hostname %r on this LAN", self.setup.host)
+        except Exception as exc:  # the publisher announces it again on the next change
+            log.warning("could not announce this node with its new address: %s", exc)
+
     # -- lifecycle ----------------------------------------------------------------------
 
     async def run(self, role: type[RoleSide], stop: asyncio.Event) -> None:
         """Run ``role`` until ``stop`` is set (or it crashes), then take everything down."""
         publisher = asyncio.create_task(self._publisher())
-        aiozc = self.aiozc = open_zeroconf()
-        self.announcer = Announcer(aiozc, self.setup.host)
+        self.aiozc = open_zeroconf()
+        self.announcer = self._announcer()
         self._changed()
         body = asyncio.create_task(role(self).run())
         stopper = asyncio.create_task(stop.wait())
@@ -202,12 +267,14 @@ class Node:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
             await self.engines.stop()
-            publisher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await publisher
+            for task in (publisher, self._reannounce):
+                if task is not None:
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
             with contextlib.suppress(Exception):
                 await self.announcer.close()
-            await aiozc.async_close()
+            await self.aiozc.async_close()
             self.status.state = "stopped"
             self._write_status()
 

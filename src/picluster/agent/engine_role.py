@@ -5,6 +5,10 @@ or, where multicast is blocked, from the static address the seed names. The
 engines are (re)started only when what they connect to changes: another
 address, port or controller instance id. A controller that says goodbye is
 waited for; its engines stay up and rejoin when it is back.
+
+Only a record sealed with this cluster's key moves the engines, and never
+back to an older one than they follow (``records``: a replay). Anything else
+that claims our cluster is reported once and ignored (:meth:`EngineRole.untrusted`).
 """
 
 from __future__ import annotations
@@ -15,8 +19,8 @@ import logging
 from picluster import config
 from picluster.agent.core import Node, RoleSide
 from picluster.connection import engine_info
-from picluster.discovery import ControllerWatcher, Found
-from picluster.records import ControllerRecord
+from picluster.discovery import ControllerWatcher, Found, Goodbye, Stranger
+from picluster.records import ControllerRecord, Freshness
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +37,11 @@ class EngineRole(RoleSide):
 
     def __init__(self, node: Node) -> None:
         super().__init__(node)
-        self._found: asyncio.Queue[Found | None] = asyncio.Queue()
+        self._found: asyncio.Queue[Found | Stranger | Goodbye] = asyncio.Queue()
+        self._fresh: Freshness | None = None
+        """Freshness of the newest sealed record the engines have followed."""
+        self._followed = ""
+        self._stale: set[tuple[str, str]] = set()
 
     async def run(self) -> None:
         static = self.setup.config.cluster.controller
@@ -45,7 +53,9 @@ class EngineRole(RoleSide):
     async def _follow_announced(self) -> None:
         cfg = self.setup.config
         assert self.node.aiozc is not None
-        watcher = ControllerWatcher(self.node.aiozc, cfg.cluster.name, self._found.put_nowait)
+        watcher = ControllerWatcher(
+            self.node.aiozc, cfg.cluster.name, self.setup.keys.record_key, self._found.put_nowait
+        )
         await watcher.start()
         self.node.set_state("waiting", f"looking for {cfg.cluster.name}._ipyparallel._tcp.local.")
         try:
@@ -56,10 +66,12 @@ class EngineRole(RoleSide):
                     if not self.node.engines.running:
                         log.info("still no controller for cluster %r on this LAN", cfg.cluster.name)
                     continue
-                if found is None:
-                    log.info(
-                        "the controller said goodbye; engines stay up and rejoin when it is back"
-                    )
+                if isinstance(found, Goodbye):
+                    if found.name == self._followed:
+                        log.info("the controller said goodbye; engines stay up until it is back")
+                    continue
+                if isinstance(found, Stranger):
+                    self.untrusted(found)
                     continue
                 await self.follow(found)
         finally:
@@ -80,23 +92,62 @@ class EngineRole(RoleSide):
         await self.follow(Found(record, address))
         await asyncio.Event().wait()
 
-    async def follow(self, found: Found) -> None:
-        """Attach the engines to ``found``, unless they already are or its key differs."""
-        node, keys, paths = self.node, self.setup.keys, self.setup.paths
-        rec, cur = found.record, node.status.controller
-        if rec.fp != keys.fingerprint:
-            await node.engines.stop()
+    def untrusted(self, stranger: Stranger) -> None:
+        """A record that claims our cluster without our seal: never followed.
+
+        Which of two things it is cannot be read off the record alone: a
+        stranger's record, or the real controller's record seen by a card
+        whose own secret is wrong (then every record of the cluster fails our
+        MAC). We tell them apart by what this card has already verified. Once
+        the engines follow a sealed controller record, this card's key is
+        evidently right, so an unsealed record is a stranger's. Before that,
+        an unsealed *controller* record with another key fingerprint than ours
+        is most likely the real controller seen with a wrong secret, and the
+        card says so ("key fingerprint does not match") - it has no engines to
+        stop. One with our own fingerprint is a copy (the fingerprint is
+        public): a stranger's.
+        """
+        node, keys = self.node, self.setup.keys
+        if (
+            self._fresh is None
+            and stranger.kind == "controller"
+            and stranger.fp is not None
+            and stranger.fp != keys.fingerprint
+        ):
             node.set_state(
                 "fingerprint-mismatch",
-                f"the key fingerprint does not match: the controller at {found.address} announces "
-                f"fp={rec.fp}, this card's secret gives fp={keys.fingerprint}. Fix: copy "
-                f"the cluster's secret (the build's deploy/<name>.secret) to {paths.secret}",
+                f"the key fingerprint does not match: the controller at {stranger.address} "
+                f"announces fp={stranger.fp!r}, this card's secret gives fp={keys.fingerprint}. "
+                f"Fix: copy the cluster's secret (the build's deploy/<name>.secret) to "
+                f"{self.setup.paths.secret}",
                 logging.ERROR,
             )
-            node.status.controller = {}
             return
+        node.report_stranger(stranger)
+
+    async def follow(self, found: Found) -> None:
+        """Attach the engines to ``found``, unless they already are or it is older than
+        the sealed record they follow (``found.fresh`` is None for the static address)."""
+        node, keys = self.node, self.setup.keys
+        rec, cur = found.record, node.status.controller
         wanted = {"address": found.address, "iid": rec.iid, "port": rec.base_port}
-        if node.engines.running and all(cur.get(k) == v for k, v in wanted.items()):
+        same = node.engines.running and all(cur.get(k) == v for k, v in wanted.items())
+        if found.fresh is not None and self._fresh is not None and found.fresh < self._fresh:
+            if not same and (found.name, found.address) not in self._stale:
+                self._stale.add((found.name, found.address))
+                log.warning(
+                    "ignoring a controller record from %s older (n=%s) than the one the "
+                    "engines follow (n=%s): a replay, or a controller whose state and clock "
+                    "were both reset (then restart this agent)",
+                    found.address,
+                    found.fresh,
+                    self._fresh,
+                )
+            return
+        if found.fresh is not None:
+            self._fresh = found.fresh
+        self._followed = found.name
+        if same:
             return
         if node.engines.running:
             log.info("controller changed (%s -> %s): restarting engines", cur, wanted)
