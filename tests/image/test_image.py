@@ -14,6 +14,7 @@ from picluster.cards.seeds import SEED_FILES
 from picluster.cli import main
 from tests.cards import images
 from tests.cards.conftest import card  # noqa: F401  (fixture)
+from tests.image import checks
 from tests.image.conftest import mounted_partitions
 
 pytestmark = [pytest.mark.root, pytest.mark.image]
@@ -84,35 +85,19 @@ def test_cloud_init_reads_the_seed_from_bootfs(image_root):
 
 
 def test_units_enabled(image_root):
-    wants = image_root[0] / "etc/systemd/system/multi-user.target.wants"
-    enabled = {p.name for p in wants.iterdir()}
-    for unit in (
-        "picluster-agent.service",
-        "picluster-jupyter.service",
-        "avahi-daemon.service",
-        "ssh.service",
-    ):
-        assert unit in enabled, f"{unit} not enabled (multi-user wants: {sorted(enabled)})"
+    checks.units_enabled(image_root[0])
 
 
 def test_secret_is_root_only_and_matches_deploy(image_root, built_image):
-    secret = image_root[0] / "etc/picluster/secret"
-    st = secret.stat()
-    assert stat.S_IMODE(st.st_mode) == 0o600
-    assert (st.st_uid, st.st_gid) == (0, 0)
-    assert secret.read_text().strip() == built_image.secret.read_text().strip()
-    assert stat.S_IMODE(built_image.secret.stat().st_mode) == 0o600
+    checks.secret_private(image_root[0], built_image.secret)
+    checks.cluster_config(image_root[0])
     # The image and the build's scratch hold the same secret.
     assert stat.S_IMODE(built_image.xz.stat().st_mode) == 0o600
     assert stat.S_IMODE(built_image.raw.parent.stat().st_mode) == 0o700
 
 
 def test_nobody_has_a_password(image_root):
-    for line in (image_root[0] / "etc/shadow").read_text().splitlines():
-        user, pw = line.split(":")[:2]
-        assert not pw.lstrip("!").startswith("$"), f"{user} has a password hash"
-    sshd = (image_root[0] / "etc/ssh/sshd_config.d/50-picluster.conf").read_text()
-    assert "PasswordAuthentication no" in sshd
+    checks.no_password(image_root[0])
 
 
 def test_service_user_and_first_user(image_root):
@@ -126,31 +111,11 @@ def test_service_user_and_first_user(image_root):
 
 
 def test_venv_imports_under_qemu_user(image_root):
-    root = image_root[0]
-    code = (
-        "import ipyparallel, zeroconf, jupyterlab, numpy, picluster; print(picluster.__version__)"
-    )
-    proc = subprocess.run(
-        ["chroot", str(root), "/opt/picluster/bin/python", "-c", code],
-        capture_output=True, text=True, timeout=600,
-        env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C.UTF-8"},
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.strip() == "0.1.0"
-    proc = subprocess.run(
-        ["chroot", str(root), "/opt/picluster/bin/picluster", "role", "--help"],
-        capture_output=True, text=True, timeout=300, env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"},
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr
+    checks.venv_imports(image_root[0])
 
 
 def test_venv_is_byte_compiled(image_root):
-    venv = image_root[0] / "opt/picluster/lib"
-    missing = [
-        p for p in venv.glob("python3.13/site-packages/ipyparallel/*.py")
-        if not list(p.parent.glob(f"__pycache__/{p.stem}.cpython-313.pyc"))
-    ]  # fmt: skip
-    assert not missing, f"not compiled: {missing[:5]}"
+    checks.venv_compiled(image_root[0])
 
 
 def test_console_keymap_cache_is_current(image_root):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -15,7 +16,9 @@ def test_repo_config_is_valid_and_safe():
     s = settings.load(REPO / "config")
     assert s.release == "trixie"
     assert s.first_user_pass == "", "the shipped config must not carry a password"
-    assert s.pubkey_only_ssh == "1"
+    # pi-gen refuses 1 without a baked key; the stage makes sshd key-only itself.
+    assert s.pubkey_only_ssh == "0"
+    assert s.disable_first_boot_user_rename == "0"
     assert s.secret_file == "", "never a secret in the repository"
 
 
@@ -38,6 +41,7 @@ def test_pigen_is_pinned_to_the_arm64_release_tag():
     s = settings.load(REPO / "config")
     # 2026-06-18-raspios-trixie-arm64 on pi-gen's arm64 branch.
     assert (s.pigen_branch, s.pigen_commit) == ("arm64", "ca8aeed0ae300c2a89f55ce9617d5f96a27e99e5")
+    assert re.fullmatch(r"[0-9a-f]{40}", s.pigen_commit), "pin a full commit, not a prefix or tag"
 
 
 @pytest.mark.parametrize(
@@ -61,6 +65,8 @@ def test_pigen_is_pinned_to_the_arm64_release_tag():
         ("KEYBOARD_KEYMAP='gb\nrm -rf /'\n", "not a keymap name"),
         ('TARGET_HOSTNAME="Not A Hostname!"\n', "must be a DNS label"),
         ("FIRST_USER_NAME=root\n", "FIRST_USER_NAME='root': must be a Linux user name"),
+        ("DISABLE_FIRST_BOOT_USER_RENAME=1\n", "Fix: set DISABLE_FIRST_BOOT_USER_RENAME=0"),
+        ("PUBKEY_ONLY_SSH=1\n", "Fix: set PUBKEY_ONLY_SSH=0"),
     ],
 )
 def test_bad_settings_name_file_variable_and_fix(tmp_path, text, expected):

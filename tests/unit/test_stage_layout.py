@@ -6,11 +6,12 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from picluster.imagebuild import stage
+from picluster.imagebuild import chroot_venv, stage
 
 REPO = Path(__file__).resolve().parents[2]
 STAGE = REPO / "stage-cluster"
@@ -90,11 +91,47 @@ def test_unknown_files_are_reported(tmp_path):
 
 
 def test_requirements_lock_pins_every_wheel_by_hash():
-    lock = (STAGE / "00-venv" / "requirements.txt").read_text()
-    pins = re.findall(r"^([a-z0-9._-]+)==(\S+) \\\n    --hash=sha256:([0-9a-f]{64})$", lock, re.M)
+    lock = STAGE / "00-venv" / "files" / "requirements.txt"
+    pins = chroot_venv.pins(lock)
     names = {p[0] for p in pins}
-    assert {"ipyparallel", "jupyterlab", "zeroconf", "pyzmq", "numpy"} <= names
-    assert lock.count("==") == len(pins), "a pin without a hash"
+    assert {"ipyparallel", "jupyterlab", "zeroconf", "pyzmq", "numpy", "pyyaml"} <= names
+    assert lock.read_text().count("==") == len(pins), "a pin without a hash"
+    tools = chroot_venv.pins(STAGE / "00-venv" / "files" / "installer.txt")
+    assert [p[0] for p in tools] == ["installer"]
+
+
+def test_a_lock_entry_without_hash_is_refused(tmp_path):
+    lock = tmp_path / "requirements.txt"
+    lock.write_text("numpy==2.0\n")
+    with pytest.raises(chroot_venv.FetchError, match="Fix: regenerate it with"):
+        chroot_venv.pins(lock)
+
+
+STAGE_SCRIPTS = [STAGE / "prerun.sh", STAGE / "EXPORT_IMAGE", *STAGE.glob("*/*.sh")]
+
+
+def test_stage_scripts_reference_nothing_outside_the_stage():
+    """cp -r stage-cluster pi-gen/ (and build-docker.sh's COPY) must carry all it needs:
+    no ../, no repository paths, no host picluster outside ./build.sh's fast path."""
+    for script in STAGE_SCRIPTS:
+        text = script.read_text()
+        assert "../" not in text, f"{script.name}: reaches outside its sub-stage"
+        assert "BASE_DIR" not in text, f"{script.name}: BASE_DIR is pi-gen's tree, not ours"
+        for ref in re.findall(r"\bfiles/[\w./*-]+", text):
+            if "*" in ref or ref.endswith("/"):
+                continue
+            assert (script.parent / ref).exists(), f"{script.name}: {ref} is not in the stage"
+        for line in text.splitlines():
+            if "PICLUSTER_PYTHON" in line and not line.lstrip().startswith("#"):
+                assert "PICLUSTER_NATIVE" in text, f"{script.name}: host python without fallback"
+
+
+def test_stage_files_are_real_files_inside_the_stage():
+    """Symlinks out of the stage break under build-docker.sh (COPY . /pi-gen/)."""
+    for path in STAGE.rglob("*"):
+        assert not path.is_symlink(), f"{path.relative_to(STAGE)} is a symlink"
+    assert (STAGE / "01-service/files/systemd/picluster-agent.service").is_file()
+    assert (STAGE / "01-service/files/cloud-init/user-data").is_file()
 
 
 def unit_values(path: Path, key: str) -> list[str]:
@@ -109,7 +146,7 @@ def test_units_do_not_wait_for_targets_that_wait_for_them():
     """Both units are WantedBy=multi-user.target, which orders after them; cloud-final
     (and so cloud-init.target) orders after multi-user: After= on either is a cycle
     that systemd breaks by not starting the unit at all (seen on the first VM boot)."""
-    for unit in (REPO / "files/systemd").glob("*.service"):
+    for unit in (STAGE / "01-service/files/systemd").glob("*.service"):
         after = unit_values(unit, "After")
         assert "multi-user.target" in unit_values(unit, "WantedBy"), unit.name
         for late in ("cloud-init.target", "cloud-final.service", "multi-user.target"):
@@ -117,7 +154,7 @@ def test_units_do_not_wait_for_targets_that_wait_for_them():
 
 
 def test_units_run_unprivileged_with_the_secret_as_a_credential():
-    for unit in (REPO / "files/systemd").glob("*.service"):
+    for unit in (STAGE / "01-service/files/systemd").glob("*.service"):
         text = unit.read_text()
         user = unit_values(unit, "User")
         if unit.name == "picluster-jupyter.service":
@@ -130,3 +167,17 @@ def test_units_run_unprivileged_with_the_secret_as_a_credential():
             assert user and user[0] != "root", f"{unit.name}: must not run as root"
         assert "LoadCredential=picluster-secret:/etc/picluster/secret" in text, unit.name
         assert "RestartPreventExitStatus=78" in text, unit.name
+
+
+def test_the_chroot_venv_builder_needs_only_the_standard_library():
+    """It runs from the wheel under the target's bare python3, before any dependency."""
+    code = (
+        "import sys; sys.path.insert(0, sys.argv[1]); "
+        "import picluster.imagebuild.chroot_venv; "
+        "print(sorted(m for m in ('pydantic', 'rich', 'yaml', 'zmq') if m in sys.modules))"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-I", "-S", "-c", code, str(REPO / "src")], capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]"

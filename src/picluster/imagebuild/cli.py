@@ -13,7 +13,6 @@ from pathlib import Path
 from picluster import __version__
 from picluster import secret as secret_mod
 from picluster.errors import PiclusterError
-from picluster.files import atomic_write
 from picluster.imagebuild import cache as cache_mod
 from picluster.imagebuild import (
     debian_base,
@@ -32,7 +31,10 @@ from picluster.imagebuild.steps import StepLog
 
 REPO = Path(__file__).resolve().parents[3]
 STAGE_DIR = REPO / "stage-cluster"
-REQUIREMENTS = STAGE_DIR / "00-venv" / "requirements.txt"
+STAGE_FILES = STAGE_DIR / "00-venv" / "files"
+REQUIREMENTS = STAGE_FILES / "requirements.txt"
+REQUIREMENTS_IN = STAGE_DIR / "00-venv" / "requirements.in"
+INSTALLER = STAGE_FILES / "installer.txt"
 INTERRUPTED = "build.sh: interrupted; mounts and partial files were cleaned up"
 """What Ctrl-C during ``build`` or ``lock`` prints (``picluster.cli.main`` reads it)."""
 
@@ -40,7 +42,9 @@ INTERRUPTED = "build.sh: interrupted; mounts and partial files were cleaned up"
 def register(subparsers: argparse._SubParsersAction) -> None:
     b = subparsers.add_parser("build", help="build the image (the default command)")
     _build_args(b)
-    lock = subparsers.add_parser("lock", help="re-resolve stage-cluster/00-venv/requirements.txt")
+    lock = subparsers.add_parser(
+        "lock", help="re-resolve stage-cluster/00-venv/files/requirements.txt"
+    )
     lock.set_defaults(func=cmd_lock, interrupted=INTERRUPTED)
 
 
@@ -61,7 +65,7 @@ def _build_args(p: argparse.ArgumentParser) -> None:
 
 def cmd_lock(args: argparse.Namespace) -> int:
     scratch = Path(os.environ.get("TMPDIR", "/tmp")) / "picluster-lock"
-    count = wheelhouse.lock(REQUIREMENTS.with_suffix(".in"), REQUIREMENTS, scratch)
+    count = wheelhouse.lock(REQUIREMENTS_IN, REQUIREMENTS, scratch)
     print(f"{REQUIREMENTS}: {count} wheels pinned by hash")
     return 0
 
@@ -79,7 +83,7 @@ def _secret_file(settings: settings_mod.Settings, deploy_dir: Path, log: StepLog
         log.note(f"cluster secret: reusing {path} (cards made for it keep working)")
     else:
         secret = secret_mod.generate()
-        atomic_write(path, (secret_mod.encode(secret) + "\n").encode(), 0o600)
+        secret_mod.write(path, secret)
         log.note(f"cluster secret: new, written to {path} (mode 0600)")
     log.note(f"secret fingerprint {secret_mod.fingerprint(secret)}")
     return path
@@ -95,7 +99,7 @@ def cmd_build(args: argparse.Namespace) -> int:
     if args.base:
         settings = settings.model_copy(update={"base": args.base})
     work, deploy_dir = args.work_dir.resolve(), args.deploy_dir.resolve()
-    problems = preflight.check(REPO, work)
+    problems = preflight.check(REPO, work, base=settings.base)
     if problems:
         print("build.sh: cannot build yet:", file=sys.stderr)
         for p in problems:
@@ -115,6 +119,8 @@ def cmd_build(args: argparse.Namespace) -> int:
             base = "raspios" if ok else "debian"
             if not ok:
                 log.warn(f"base: DEBIAN (not Raspberry Pi OS): {why}")
+            for problem in preflight.pigen_problems() if ok else []:
+                raise settings_mod.SettingsError(f"cannot build on Raspberry Pi OS: {problem}")
         log.note(f"base: {base}; log: {log.path}")
         result = _build(settings, base, work, deploy_dir, cache, log, args)
     except (PiclusterError, OSError) as exc:
@@ -145,8 +151,10 @@ def _build(
     sizes: dict[str, int] = {}
     with log.step("cluster secret"):
         secret_file = _secret_file(settings, deploy_dir, log)
+    with log.step("picluster wheel (into stage-cluster/00-venv/files)"):
+        own = wheelhouse.own_wheel(REPO, STAGE_FILES, log.run)
     with log.step("wheelhouse (aarch64, hashed)"):
-        wheels = wheelhouse.ensure(REQUIREMENTS, REPO, cache.root, work, log.run)
+        wheels = wheelhouse.ensure(REQUIREMENTS, INSTALLER, own, cache.root, work, log.run)
     with log.step("native Python twin"):
         native_root = native.ensure(cache, log, settings.release, settings.debian_mirror)
     stage_env = {
@@ -164,8 +172,8 @@ def _build(
     pigen_commit = ""
     if base == "raspios":
         with log.step("pi-gen stage0-2 + stage-cluster"):
-            raw, pigen_commit = raspios.build(settings, STAGE_DIR, work, deploy_dir, stage_env, log)
-        rootfs = None
+            raw, pigen_commit, rootfs = raspios.build(settings, STAGE_DIR, work, stage_env, log)
+        sizes["raw"] = raw.stat().st_size
     else:
         with log.step("debian base (mmdebstrap; reused when its inputs match)"):
             base_root = debian_base.ensure(settings, cache, native_root, log)
@@ -176,7 +184,7 @@ def _build(
             ran = stage.StageRunner(log, stage_env).run(STAGE_DIR, work, rootfs)
             log.write("ran: " + ", ".join(ran))
         with log.step("finalise root file system"):
-            _finalise(rootfs)
+            image.finalise(rootfs)
         with log.step("assemble image"):
             sizes["rootfs_used"] = image.du_bytes(rootfs)
             layout = image.assemble(rootfs, work, raw, settings.image_extra_mb, log)
@@ -212,14 +220,3 @@ def _build(
         outputs.append(manifest)
     outputs.append(secret_file)
     return outputs
-
-
-def _finalise(rootfs: Path) -> None:
-    """What pi-gen's export-image does before imaging: no caches, no build leftovers."""
-    for rel in ("var/cache/apt/pkgcache.bin", "var/cache/apt/srcpkgcache.bin"):
-        (rootfs / rel).unlink(missing_ok=True)
-    for lists in (rootfs / "var/lib/apt/lists").glob("*_*"):
-        lists.unlink()
-    for archive in (rootfs / "var/cache/apt/archives").glob("*.deb"):
-        archive.unlink()
-    (rootfs / "etc/machine-id").write_text("")

@@ -36,6 +36,17 @@ class Layout:
         return self.root_start + self.root_size
 
 
+def finalise(rootfs: Path) -> None:
+    """What pi-gen's export-image does before imaging: no caches, no build leftovers."""
+    for rel in ("var/cache/apt/pkgcache.bin", "var/cache/apt/srcpkgcache.bin"):
+        (rootfs / rel).unlink(missing_ok=True)
+    for lists in (rootfs / "var/lib/apt/lists").glob("*_*"):
+        lists.unlink()
+    for archive in (rootfs / "var/cache/apt/archives").glob("*.deb"):
+        archive.unlink()
+    (rootfs / "etc/machine-id").write_text("")
+
+
 def du_bytes(path: Path) -> int:
     out = subprocess.run(
         ["du", "-s", "--block-size=1", "-x", str(path)], capture_output=True, text=True, check=True

@@ -1,49 +1,55 @@
-"""What the stage puts into the image besides the venv.
+"""What picluster writes into the image besides the venv, run inside the image.
 
-Called by ``stage-cluster/01-service/00-run.sh`` on the build host:
-``python -m picluster.imagebuild.overlay --rootfs DIR --files DIR``. The values
-come from the variables pi-gen exports to every stage script (``config``).
+``stage-cluster/01-service/00-run.sh`` runs it in the chroot with the venv's own
+python, after the venv exists, so it needs no picluster on the build host (stock
+pi-gen, ``build-docker.sh``): ``/opt/picluster/bin/python -m
+picluster.imagebuild.overlay --rootfs /``. The values come from the variables
+pi-gen exports to every stage script (the build's ``config``), which reach the
+chroot in the environment.
 
-- the systemd units from ``files/systemd`` (enabled later, in the chroot);
-- ``/etc/picluster/cluster.toml`` holding only the node settings ``config`` set
-  (``PICLUSTER_CLUSTER_NAME``...), written with a TOML library and checked by
-  the node's own schema; everything else keeps the node's one default;
-- ``/etc/picluster/secret`` (0600, root) from ``PICLUSTER_SECRET_FILE``;
+- ``/etc/picluster/cluster.toml`` holding only the node settings the config set
+  (``PICLUSTER_CLUSTER_NAME``...), written with a TOML library and checked by the
+  node's own schema; everything else keeps the node's one default;
+- ``/etc/picluster/secret``: the one the stage script copied in (checked, made
+  0600 root), else a new one (the script then saves it to the deploy dir);
 - cloud-init's default user = ``FIRST_USER_NAME`` (locked, keys only), so a card
   seed that names no user gives its keys to the image's own first user;
-- example seeds on the FAT partition (``/boot/firmware``).
+- sshd keys only (the image has no password to log in with; a seed's
+  ``ssh_pwauth`` still wins, its drop-in sorts first);
+- ``/boot/firmware`` mounted root-only (the card seed holds the secret).
+
+The units and the example seeds are plain files the script installs itself.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import sys
 from collections.abc import Mapping
 from pathlib import Path
+
+from pydantic import TypeAdapter, ValidationError
 
 from picluster import config as config_mod
 from picluster import secret as secret_mod
 from picluster.cards.seeds import GROUPS, to_yaml
 from picluster.errors import ConfigurationError
-from picluster.files import atomic_write, atomic_write_text
+from picluster.files import atomic_write_text
 from picluster.imagebuild import settings as settings_mod
+from picluster.names import LoginName
 
-UNIT_DIR = "usr/lib/systemd/system"
+CLOUD_DEFAULT_USER = "etc/cloud/cloud.cfg.d/91-picluster-user.cfg"
+SSHD_KEYS_ONLY = "etc/ssh/sshd_config.d/50-picluster.conf"
+SSHD = """# picluster image: keys only (a card seed or Raspberry Pi Imager adds them).
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+PermitRootLogin no
+"""
 
 
 class OverlayError(ConfigurationError):
     pass
-
-
-def _env(name: str) -> str:
-    value = os.environ.get(name)
-    if value is None:
-        raise OverlayError(
-            f"{name} is not set: run the stage through ./build.sh (or pi-gen with ./config)"
-        )
-    return value
 
 
 def cluster_toml(env: Mapping[str, str] = os.environ) -> str:
@@ -55,9 +61,6 @@ def cluster_toml(env: Mapping[str, str] = os.environ) -> str:
         "Keys not here have the defaults in the README's cluster.toml reference. A card\n"
         "seed adds its own layer in cluster.toml.d/ (read after this file).",
     )
-
-
-CLOUD_DEFAULT_USER = "etc/cloud/cloud.cfg.d/91-picluster-user.cfg"
 
 
 def default_user(name: str) -> str:
@@ -96,49 +99,57 @@ def private_bootfs(fstab: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def apply(rootfs: Path, files: Path) -> None:
+def _first_user(env: Mapping[str, str]) -> str:
+    name = env.get("FIRST_USER_NAME") or "pi"  # pi-gen's own default
+    try:
+        return TypeAdapter(LoginName).validate_python(name)
+    except ValidationError:
+        raise OverlayError(
+            f"FIRST_USER_NAME={name!r}: not a login name. Fix: set FIRST_USER_NAME in the config"
+        ) from None
+
+
+def ensure_secret(path: Path) -> str:
+    """Keep the secret the stage copied in (checked, 0600 root) or make one."""
+    if path.exists():
+        secret = secret_mod.load(path)
+        how = "from the build"
+    else:
+        secret = secret_mod.generate()
+        how = "new"
+    secret_mod.write(path, secret)
+    os.chown(path, 0, 0)
+    return f"{how}, fingerprint {secret_mod.fingerprint(secret)}"
+
+
+def apply(rootfs: Path, env: Mapping[str, str] = os.environ) -> str:
     if not (rootfs / "usr").is_dir():
         raise OverlayError(f"{rootfs}: not a root file system")
-    for unit in sorted((files / "systemd").glob("*.service")):
-        shutil.copyfile(unit, rootfs / UNIT_DIR / unit.name)
-        (rootfs / UNIT_DIR / unit.name).chmod(0o644)
     etc = rootfs / "etc/picluster"
     etc.mkdir(parents=True, exist_ok=True)
     etc.chmod(0o755)
-    atomic_write_text(etc / "cluster.toml", cluster_toml(), 0o644)
-    secret_file = Path(_env("PICLUSTER_SECRET_FILE"))
-    secret = secret_mod.load(secret_file)
-    atomic_write(etc / "secret", (secret_mod.encode(secret) + "\n").encode(), 0o600)
-    os.chown(etc / "secret", 0, 0)
-    atomic_write_text(rootfs / CLOUD_DEFAULT_USER, default_user(_env("FIRST_USER_NAME")), 0o644)
-    # What the units' Documentation= lines point at.
-    docs = rootfs / "opt/picluster/share/doc/picluster"
-    docs.mkdir(parents=True, exist_ok=True)
-    repo = files.parent
-    for doc in [repo / "README.md", *sorted((repo / "docs").glob("*.md"))]:
-        shutil.copyfile(doc, docs / doc.name)
+    atomic_write_text(etc / "cluster.toml", cluster_toml(env), 0o644)
+    secret = ensure_secret(etc / "secret")
+    atomic_write_text(rootfs / CLOUD_DEFAULT_USER, default_user(_first_user(env)), 0o644)
+    atomic_write_text(rootfs / SSHD_KEYS_ONLY, SSHD, 0o644)
     fstab = rootfs / "etc/fstab"
     if fstab.exists():
         atomic_write_text(fstab, private_bootfs(fstab.read_text()), 0o644)
-    firmware = rootfs / "boot/firmware"
-    firmware.mkdir(parents=True, exist_ok=True)
-    for name in ("user-data", "meta-data", "network-config"):
-        shutil.copyfile(files / "cloud-init" / name, firmware / name)
+    return secret
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m picluster.imagebuild.overlay", description=__doc__
     )
-    parser.add_argument("--rootfs", type=Path, required=True)
-    parser.add_argument("--files", type=Path, required=True)
+    parser.add_argument("--rootfs", type=Path, default=Path("/"))
     args = parser.parse_args(argv)
     try:
-        apply(args.rootfs, args.files)
-    except (OverlayError, config_mod.ConfigError, secret_mod.SecretError) as exc:
+        secret = apply(args.rootfs)
+    except ConfigurationError as exc:
         print(f"overlay: {exc}", file=sys.stderr)
         return 1
-    print("overlay: units, cluster.toml, secret (0600) and example seeds installed")
+    print(f"overlay: cluster.toml, cloud-init default user, sshd keys only; secret {secret}")
     return 0
 
 

@@ -30,6 +30,31 @@ HOST_TOOLS = {
 }
 DEBIAN_KEYRING = Path("/usr/share/keyrings/debian-archive-keyring.gpg")
 
+PIGEN_TOOLS = {
+    "parted": "parted",
+    "debootstrap": "debootstrap",
+    "zerofree": "zerofree",
+    "zip": "zip",
+    "mkdosfs": "dosfstools",
+    "capsh": "libcap2-bin",
+    "bsdtar": "libarchive-tools",
+    "curl": "curl",
+    "xxd": "xxd",
+    "file": "file",
+    "lsmod": "kmod",
+    "bc": "bc",
+    "gpg": "gpg",
+    "pigz": "pigz",
+    "arch-test": "arch-test",
+    "realpath": "coreutils",
+    # pi-gen's depends file says qemu-arm:qemu-user-binfmt, but qemu-user-binfmt
+    # conflicts with the qemu-user-static we need for binfmt. qemu-user has the
+    # qemu-arm pi-gen looks for and coexists with qemu-user-static (Debian 12).
+    "qemu-arm": "qemu-user",
+}
+"""pi-gen's own host dependencies (its ``depends`` file at the pinned commit, checked
+by its build.sh before anything runs), for the raspios base only."""
+
 
 @dataclass(frozen=True)
 class Problem:
@@ -51,8 +76,24 @@ def binfmt_aarch64_ok(root: Path = Path("/proc/sys/fs/binfmt_misc")) -> bool:
     return entry.is_file() and entry.read_text().startswith("enabled")
 
 
-def check(repo: Path, work: Path, need_free: int = 12 * GiB) -> list[Problem]:
+def pigen_problems() -> list[Problem]:
+    """What pi-gen's dependencies_check would refuse, with the apt line that fixes it."""
+    packages = missing_tools(PIGEN_TOOLS)
+    if not packages:
+        return []
+    return [
+        Problem(
+            "missing pi-gen host tools (raspios base)",
+            f"apt-get install {' '.join(packages)} (not qemu-user-binfmt: it conflicts with "
+            "qemu-user-static), or build with --base debian",
+        )
+    ]
+
+
+def check(repo: Path, work: Path, need_free: int = 12 * GiB, base: str = "debian") -> list[Problem]:
     problems: list[Problem] = []
+    if base == "raspios":
+        problems += pigen_problems()
     if os.geteuid() != 0:
         problems.append(
             Problem("not root (chroot, mounts and device nodes need it)", "sudo ./build.sh")

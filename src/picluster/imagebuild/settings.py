@@ -249,7 +249,26 @@ def load(config: Path, extra: Path | None = None) -> Settings:
             f"{where}: {var}={found!r}: {err['msg'].removeprefix('Value error, ')}. "
             f"Fix: set {var} in {config.name} or the environment"
         ) from None
+    _pigen_rules(settings, where)
     return settings
+
+
+def _pigen_rules(settings: Settings, where: str) -> None:
+    """pi-gen's build.sh refuses these pairs (see ``raspios.refusals``); images carry no
+    password, so each has one way out, named here."""
+    if settings.disable_first_boot_user_rename == "1":
+        raise SettingsError(
+            f"{where}: DISABLE_FIRST_BOOT_USER_RENAME=1: pi-gen accepts it only with "
+            "FIRST_USER_PASS, and picluster images carry no password. Fix: set "
+            "DISABLE_FIRST_BOOT_USER_RENAME=0 (Raspberry Pi OS may rename the first user at "
+            "first boot; picluster finds it by uid 1000, not by name)"
+        )
+    if settings.pubkey_only_ssh == "1" and not settings.pubkey_ssh_first_user:
+        raise SettingsError(
+            f"{where}: PUBKEY_ONLY_SSH=1 without PUBKEY_SSH_FIRST_USER: pi-gen refuses it. "
+            "Fix: set PUBKEY_ONLY_SSH=0 (stage-cluster makes sshd key-only itself; card "
+            "seeds bring the keys) or give PUBKEY_SSH_FIRST_USER a public key"
+        )
 
 
 _FIELD_OF_NODE_KEY = {key: name for name, key in NODE_KEYS.items()}

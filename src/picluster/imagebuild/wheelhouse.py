@@ -76,41 +76,38 @@ def lock(requirements_in: Path, requirements_txt: Path, scratch: Path) -> int:
     return len(wheels)
 
 
-INSTALLER_PIN = "installer==0.7.0"
+def own_wheel(project: Path, dest: Path, run: Callable[[list[str]], None]) -> Path:
+    """picluster's own wheel, built from ``project`` into ``dest`` (the stage's files/),
+    replacing any older one: the stage installs exactly one."""
+    dest.mkdir(parents=True, exist_ok=True)
+    for old in dest.glob("picluster-*.whl"):
+        old.unlink()
+    run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--wheel-dir", str(dest),
+         str(project)])  # fmt: skip
+    built = sorted(dest.glob("picluster-*.whl"))
+    if len(built) != 1:
+        raise FileNotFoundError(f"{dest}: pip wheel left {len(built)} picluster wheels")
+    return built[0]
 
 
 def ensure(
     requirements: Path,
-    project: Path,
+    installer: Path,
+    own: Path,
     cache_root: Path,
     work: Path,
     run: Callable[[list[str]], None],
 ) -> Path:
-    """A wheels dir for the stage: the hashed lock (cached), installer, picluster itself.
-
-    The locked wheels are cached by the lock file's digest; picluster's own
-    wheel is built fresh every time, so a code change always reaches the image.
-    """
-    entry = cache_root / f"wheels-{sha256(requirements)[:16]}"
+    """A wheels dir for the stage's fast path: the hashed lock (cached by its digest and
+    the installer pin's), the installer (``tools/``) and picluster's own wheel ``own``
+    (built fresh by ``own_wheel``, so a code change always reaches the image)."""
+    digest = hashlib.sha256((sha256(requirements) + sha256(installer)).encode()).hexdigest()
+    entry = cache_root / f"wheels-{digest[:16]}"
     if not entry.is_dir():
         scratch = cache_root / f".{entry.name}.partial"
         shutil.rmtree(scratch, ignore_errors=True)
         download(requirements, scratch)
-        tools = scratch / "tools"
-        run(
-            [
-                sys.executable,
-                "-m",
-                "pip",
-                "download",
-                "--quiet",
-                "--no-deps",
-                "--only-binary=:all:",
-                "--dest",
-                str(tools),
-                INSTALLER_PIN,
-            ]
-        )
+        download(installer, scratch / "tools")
         scratch.rename(entry)
     out = work / "wheels"
     shutil.rmtree(out, ignore_errors=True)
@@ -119,17 +116,5 @@ def ensure(
         os.link(wheel, out / wheel.name)
     for wheel in (entry / "tools").glob("*.whl"):
         os.link(wheel, out / "tools" / wheel.name)
-    run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "wheel",
-            "--quiet",
-            "--no-deps",
-            "--wheel-dir",
-            str(out),
-            str(project),
-        ]
-    )
+    shutil.copy2(own, out / own.name)
     return out
