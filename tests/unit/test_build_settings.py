@@ -123,3 +123,11 @@ def test_the_boot_partition_is_mounted_for_root_only():
     assert once.splitlines()[0].split()[3] == "defaults,fmask=0077,dmask=0077"
     assert once.splitlines()[1] == "# /boot/firmware"
     assert private_bootfs(once) == once
+
+
+def test_the_build_can_be_told_not_to_install_host_packages():
+    from picluster.cli import build_parser
+
+    args = build_parser().parse_args(["build", "--no-install-deps", "--base", "debian"])
+    assert args.no_install_deps is True
+    assert build_parser().parse_args(["build"]).no_install_deps is False

@@ -60,6 +60,11 @@ def _build_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--no-compress", action="store_true", help="skip .img.xz (tests use the raw image)"
     )
+    p.add_argument(
+        "--no-install-deps",
+        action="store_true",
+        help="do not apt-get install missing host packages (only say which)",
+    )
     p.set_defaults(func=cmd_build, interrupted=INTERRUPTED)
 
 
@@ -99,6 +104,8 @@ def cmd_build(args: argparse.Namespace) -> int:
     if args.base:
         settings = settings.model_copy(update={"base": args.base})
     work, deploy_dir = args.work_dir.resolve(), args.deploy_dir.resolve()
+    if not args.no_install_deps:
+        preflight.set_up_host(settings.base, lambda line: print(f"build.sh: {line}"))
     problems = preflight.check(REPO, work, base=settings.base)
     if problems:
         print("build.sh: cannot build yet:", file=sys.stderr)

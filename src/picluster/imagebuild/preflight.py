@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -145,3 +147,43 @@ def loop_device_problem() -> Problem | None:
     if not Path("/dev/loop-control").exists():
         return Problem("no loop device support (/dev/loop-control)", "modprobe loop")
     return None
+
+
+def needed_packages(base: str) -> list[str]:
+    """The Debian packages this build still lacks (pi-gen's too for the raspios base)."""
+    packages = set(missing_tools())
+    if base == "raspios":
+        packages.update(missing_tools(PIGEN_TOOLS))
+    if not DEBIAN_KEYRING.exists():
+        packages.add("debian-archive-keyring")
+    if not binfmt_aarch64_ok():
+        packages.update({"qemu-user-static", "binfmt-support"})
+    return sorted(packages)
+
+
+def set_up_host(base: str, say: Callable[[str], None]) -> None:
+    """Install what is missing with apt and enable aarch64 binfmt, saying what it does.
+
+    Does nothing when nothing is missing, when not root, or without apt (then the
+    checks in ``check`` name the fix instead).
+    """
+    packages = needed_packages(base)
+    if os.geteuid() != 0 or not shutil.which("apt-get"):
+        return
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    if packages:
+        say(f"installing host packages: {' '.join(packages)} (--no-install-deps to refuse)")
+        subprocess.run(["apt-get", "update", "-qq"], check=False, env=env)
+        proc = subprocess.run(
+            ["apt-get", "install", "-y", "-qq", "--no-install-recommends", *packages],
+            check=False,
+            env=env,
+        )
+        if proc.returncode != 0:
+            say(
+                f"apt-get install failed (exit {proc.returncode}); "
+                "the checks below say what is missing"
+            )
+    if not binfmt_aarch64_ok() and shutil.which("update-binfmts"):
+        say("enabling aarch64 programs through binfmt_misc (update-binfmts --enable qemu-aarch64)")
+        subprocess.run(["update-binfmts", "--enable", "qemu-aarch64"], check=False)
