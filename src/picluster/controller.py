@@ -17,7 +17,7 @@ import sys
 import time
 from pathlib import Path
 
-from picluster.config import Config
+from picluster.config import PORTS_USED, Config
 from picluster.connection import ports_argument
 from picluster.engines import host_of
 from picluster.files import atomic_write_text
@@ -113,6 +113,23 @@ def prune_own_engines(profile_dir: Path, host: str) -> list[str]:
             del engines[eid]
         atomic_write_text(state_file, json.dumps(state), mode=0o600)
     return mine
+
+
+RESERVED_PORTS = Path("/proc/sys/net/ipv4/ip_local_reserved_ports")
+
+
+def reserve_ports(base_port: int, sysctl: Path = RESERVED_PORTS) -> str:
+    """Keep the cluster's ports out of the kernel's ephemeral range (32768-60999 holds
+    the default range): otherwise any outgoing connection, even the agent's own probe
+    of the registration port, may hold one as its local port when ipcontroller's
+    heart monitor binds it ("Address already in use"). Other reservations are kept.
+    Returns the new setting. Needs root (``picluster reserve-ports``, the unit's
+    ExecStartPre)."""
+    span = f"{base_port}-{base_port + PORTS_USED - 1}"
+    current = [item for item in sysctl.read_text().strip().split(",") if item]
+    if span not in current:
+        sysctl.write_text(",".join([*current, span]) + "\n")
+    return sysctl.read_text().strip()
 
 
 def prepare_profile(paths: Paths, host: str) -> None:

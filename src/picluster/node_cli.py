@@ -48,6 +48,21 @@ def cmd_role(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_reserve_ports(args: argparse.Namespace) -> int:
+    from picluster.controller import RESERVED_PORTS, reserve_ports
+
+    cfg = config.load(_paths(args).config)
+    try:
+        now = reserve_ports(cfg.cluster.base_port)
+    except OSError as exc:
+        raise PiclusterError(
+            f"cannot write {RESERVED_PORTS} ({exc.strerror}). Fix: run it as root "
+            "(the agent's unit does, in ExecStartPre=+)"
+        ) from None
+    print(f"reserved ports: {now}")
+    return 0
+
+
 def cmd_config(args: argparse.Namespace) -> int:
     if args.reference:
         print(config.reference(), end="")
@@ -147,6 +162,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     _path_options(p)
     p.set_defaults(func=cmd_status)
+
+    p = subparsers.add_parser(
+        "reserve-ports",
+        help="keep the cluster's ports out of the ephemeral range (the unit's ExecStartPre)",
+    )
+    _path_options(p)
+    p.set_defaults(func=cmd_reserve_ports)
 
     p = subparsers.add_parser(
         "config", help="print the settings in effect and the file that set each one"

@@ -246,3 +246,12 @@ def test_second_boot_forms_again_without_first_boot_work(booted):
     assert ran == "1", f"cloud-init ran its once-per-instance ssh module again ({ran} times)"
     assert skipped != "0", "the second boot's cloud-init did not report skipping config-ssh"
     record_phases(cluster, "second boot")
+
+
+def test_the_cluster_ports_are_out_of_the_ephemeral_range(booted):
+    """The agent unit's ExecStartPre=+ reserved base_port .. base_port+29 on the Pi."""
+    from picluster.config import PORTS_USED, ClusterSection
+
+    base = ClusterSection().base_port
+    out = ssh_ok(booted, 0, "cat /proc/sys/net/ipv4/ip_local_reserved_ports")
+    assert f"{base}-{base + PORTS_USED - 1}" in out, out

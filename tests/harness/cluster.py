@@ -64,6 +64,11 @@ class Node:
     def start(self) -> None:
         env = dict(os.environ)
         env.pop("PICLUSTER_HOSTNAME", None)
+        # What the unit's ExecStartPre=+ does (the reservation is per network namespace).
+        self.host.run(
+            sys.executable, "-m", "picluster", "reserve-ports", "--config", str(self.config),
+            check=False,
+        )  # fmt: skip
         argv = [
             "ip", "netns", "exec", self.host.ns,
             "unshare", "--uts", "--",
