@@ -93,12 +93,18 @@ def expand_root(section: JupyterSection, home: Path) -> Path:
     return path if path.is_absolute() else home / path
 
 
+def unit_runtime_dir() -> Path | None:
+    """The unit's ``RuntimeDirectory=`` (systemd passes it in the environment), if any."""
+    unit_dir = os.environ.get("RUNTIME_DIRECTORY")
+    return Path(unit_dir.split(":")[0]) if unit_dir else None
+
+
 def runtime_dir() -> Path:
     """Where the server config goes: the unit's private tmpfs directory, else
     Jupyter's own runtime directory (0700, where it keeps its token files too)."""
-    unit_dir = os.environ.get("RUNTIME_DIRECTORY")
-    if unit_dir:
-        return Path(unit_dir.split(":")[0])
+    unit_dir = unit_runtime_dir()
+    if unit_dir is not None:
+        return unit_dir
     from jupyter_core.paths import jupyter_runtime_dir
 
     return Path(jupyter_runtime_dir())

@@ -29,11 +29,10 @@ def cmd_jupyter(args: argparse.Namespace) -> int:
         if os.geteuid() == 0:
             # The unit starts as root only to read the secret: [jupyter] user is the
             # one place that names who runs the server, so no User= repeats it.
-            where = f"{layered.source_of('jupyter', 'user')}: [jupyter] user"
-            user = users.first_user(cfg.jupyter.user, where)
-            runtime = os.environ.get("RUNTIME_DIRECTORY")
-            if runtime:
-                os.chown(runtime.split(":")[0], user.pw_uid, user.pw_gid)
+            user = users.jupyter_user(layered)
+            runtime = jupyter.unit_runtime_dir()
+            if runtime is not None:
+                os.chown(runtime, user.pw_uid, user.pw_gid)
             users.become(user)
         launch = jupyter.prepare(cfg, keys, Path.home())
     except ConfigurationError as exc:

@@ -114,8 +114,7 @@ def cmd_client_file(args: argparse.Namespace) -> int:
     if args.user is not None:
         user = users.first_user(args.user, "--user")
     else:
-        where = f"{layered.source_of('jupyter', 'user')}: [jupyter] user"
-        user = users.first_user(cfg.jupyter.user, where)
+        user = users.jupyter_user(layered)
     from picluster import clusterfile, jupyter  # ipyparallel: only this command needs it
 
     ipdir = args.ipython_dir or Path(user.pw_dir) / ".ipython"

@@ -11,6 +11,7 @@ import os
 import pwd
 from collections.abc import Callable
 
+from picluster.config import Layered
 from picluster.errors import ConfigurationError
 
 
@@ -32,6 +33,12 @@ def first_user(name: str, where: str = "[jupyter] user") -> pwd.struct_passwd:
             "the user (the card seed's users:) or name one in [jupyter] user"
         )
     return users[0]
+
+
+def jupyter_user(layered: Layered) -> pwd.struct_passwd:
+    """Who ``[jupyter] user`` names on this host; an error names the file that set it."""
+    where = f"{layered.source_of('jupyter', 'user')}: [jupyter] user"
+    return first_user(layered.config.jupyter.user, where)
 
 
 def _switch(user: pwd.struct_passwd) -> None:

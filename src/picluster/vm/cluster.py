@@ -130,17 +130,19 @@ class BootCluster:
         manifest = self.work / "cluster.toml"
         # As a user writes one: no secret and no user, so the cards keep the image's
         # own (the boot tier proves that path); only the cards' names and addresses.
+        port = {"base_port": self.base_port} if self.base_port is not None else {}
         data: dict[str, Any] = {
             "cluster": self.cluster,
+            **port,
             "ssh_keys": [str(self.key.with_suffix(".pub"))],
             "card": [
                 {"hostname": h, "address": f"{self._lan_address(i)}/24"}
                 for i, h in enumerate(self.hostnames)
             ],
         }
-        if self.base_port is not None:
-            data["base_port"] = self.base_port
         atomic_write_text(manifest, tomli_w.dumps(data), 0o644)
+        status_toml = config.dumps({"cluster": {"name": self.cluster, **port}})
+        atomic_write_text(self.status_config, status_toml, 0o644)
         cards_dir = self.work / "cards"
         shutil.rmtree(cards_dir, ignore_errors=True)
         self._run([*PY, "cards", str(manifest), "--out", str(cards_dir)], "picluster cards")
@@ -275,7 +277,7 @@ class BootCluster:
         """``picluster status --json`` as seen from the VM LAN, with the build's secret."""
         proc = self.in_lan(
             [*PY, "status", "--json", "--secret", str(self.secret),
-             "--config", str(self._status_config()), "--state-dir", str(self.work / "status")],
+             "--config", str(self.status_config), "--state-dir", str(self.work / "status")],
             timeout=90,
         )  # fmt: skip
         try:
@@ -283,13 +285,10 @@ class BootCluster:
         except json.JSONDecodeError:
             return None
 
-    def _status_config(self) -> Path:
-        path = self.work / "status-cluster.toml"
-        cluster: dict[str, Any] = {"name": self.cluster}
-        if self.base_port is not None:
-            cluster["base_port"] = self.base_port
-        atomic_write_text(path, config.dumps({"cluster": cluster}), 0o644)
-        return path
+    @property
+    def status_config(self) -> Path:
+        """The cluster.toml ``status`` reads on the host (written once, by ``prepare``)."""
+        return self.work / "status-cluster.toml"
 
     def registered(self) -> dict[str, int]:
         view = self.status() or {}
