@@ -78,7 +78,22 @@ def wpa_psk(ssid: str, passphrase: str) -> str:
     return hashlib.pbkdf2_hmac("sha1", passphrase.encode(), ssid.encode(), 4096, 32).hex()
 
 
-def user_data(manifest: Manifest, card: Card, ssh_keys: list[str], secret: bytes | None) -> str:
+def card_layer(manifest: Manifest) -> str:
+    """The ``cluster.toml.d/50-card.toml`` every card of the manifest gets ("" = none)."""
+    overrides = node_overrides(manifest)
+    if not overrides:
+        return ""
+    return config_dumps(
+        overrides,
+        f"cluster {manifest.title()}: written by `picluster cards` from the "
+        "manifest;\nread over the image's /etc/picluster/cluster.toml",
+    )
+
+
+def user_data(
+    manifest: Manifest, card: Card, ssh_keys: list[str], secret: bytes | None, layer: str
+) -> str:
+    """``layer`` is ``card_layer(manifest)``, the same for every card."""
     data: dict[str, Any] = {
         "hostname": card.hostname,
         "fqdn": f"{card.hostname}.local",
@@ -122,19 +137,9 @@ def user_data(manifest: Manifest, card: Card, ssh_keys: list[str], secret: bytes
                 "content": cluster_secret.encode(secret),
             }
         )
-    overrides = node_overrides(manifest)
-    if overrides:
+    if layer:
         files.append(
-            {
-                "path": CONFIG_DROPIN,
-                "permissions": "0644",
-                "owner": "root:root",
-                "content": config_dumps(
-                    overrides,
-                    f"cluster {manifest.title()}: written by `picluster cards` from the "
-                    "manifest;\nread over the image's /etc/picluster/cluster.toml",
-                ),
-            }
+            {"path": CONFIG_DROPIN, "permissions": "0644", "owner": "root:root", "content": layer}
         )
     if files:
         data["write_files"] = files
@@ -184,12 +189,13 @@ def render(loaded: Loaded, secret: bytes | None) -> list[Seed]:
     """One seed per card; ``secret`` None = the cards keep the image's own."""
     manifest = loaded.manifest
     config = Config.model_validate(node_overrides(manifest))
+    layer = card_layer(manifest)
     seeds = []
     for card in manifest.cards():
         decision = roles.decide(card.hostname, config)
         iid = instance_id(manifest.cluster, card.hostname)
         files = {
-            "user-data": user_data(manifest, card, loaded.ssh_keys, secret),
+            "user-data": user_data(manifest, card, loaded.ssh_keys, secret, layer),
             "meta-data": meta_data(iid, card.hostname),
             "network-config": network_config(manifest, card),
         }
