@@ -100,7 +100,14 @@ def private_bootfs(fstab: str) -> str:
 
 
 def _first_user(env: Mapping[str, str]) -> str:
-    name = env.get("FIRST_USER_NAME") or "pi"  # pi-gen's own default
+    # pi-gen exports it (its own default when the config has none), and so does our
+    # runner (./config sets it): a second default here would be a twin of theirs.
+    name = env.get("FIRST_USER_NAME")
+    if not name:
+        raise OverlayError(
+            "FIRST_USER_NAME is not set: run the stage through pi-gen or ./build.sh, "
+            "which export the build's config to every stage script"
+        )
     try:
         return TypeAdapter(LoginName).validate_python(name)
     except ValidationError:
