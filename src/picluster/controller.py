@@ -19,7 +19,7 @@ from pathlib import Path
 
 from picluster.config import PORTS_USED, Config
 from picluster.connection import ports_argument
-from picluster.engines import host_of
+from picluster.engines import host_of, port_answers
 from picluster.files import atomic_write_text
 from picluster.paths import Paths
 from picluster.process import Child
@@ -145,14 +145,9 @@ def prepare_profile(paths: Paths, host: str) -> None:
 
 async def wait_listening(host: str, port: int, deadline: float) -> bool:
     while time.monotonic() < deadline:
-        try:
-            _, writer = await asyncio.open_connection(host, port)
-        except OSError:
-            await asyncio.sleep(0.2)
-            continue
-        writer.close()
-        await writer.wait_closed()
-        return True
+        if await port_answers(host, port):
+            return True
+        await asyncio.sleep(0.2)
     return False
 
 
