@@ -6,6 +6,7 @@ controller restart. Needs root (network namespaces). Prints markdown.
     sudo .venv/bin/python -m bench.runtime curve --runs 3   # CurveZMQ on vs off
     sudo .venv/bin/python -m bench.runtime heal --runs 3    # issue 14, before/after
     sudo .venv/bin/python -m bench.runtime records          # sealed mDNS records vs before
+    sudo .venv/bin/python -m bench.runtime bytecode         # issue 17: the engines' guard
 
 Every ratio compares two measurements taken in the same run, one after the
 other, on the same machine.
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import shutil
 import statistics
@@ -468,6 +470,117 @@ def heal(args: argparse.Namespace) -> None:
         print(f"| {fault} | {label} | {shown} | {med} |")
 
 
+# -- the foreign-bytecode guard (issue 17): guarded engine vs stock engine -----------------
+
+
+BYTECODE_CLIENT = """
+import json, statistics, sys, time
+import ipyparallel as ipp
+
+def work(n=50):
+    total = 0
+    for i in range(n):
+        total += sum(j * j for j in range(i))
+    return {"n": n, "total": total, "parts": [str(i) for i in range(3)]}
+
+rc = ipp.Client(json.loads(sys.argv[1]), timeout=60)
+rc.wait_for_engines(2, timeout=120)
+by_kind = {v.split(":")[2]: k for k, v in rc._engines.items()}
+out = {}
+for name, fn in (("lambda", lambda: 1), ("function", work)):
+    for kind, eid in by_kind.items():
+        rc[eid].apply_sync(fn)  # warm
+    samples = {kind: [] for kind in by_kind}
+    for _ in range(int(sys.argv[2])):
+        for kind, eid in by_kind.items():
+            t = time.perf_counter()
+            rc[eid].apply_sync(fn)
+            samples[kind].append(time.perf_counter() - t)
+    out[name] = {kind: statistics.median(s) for kind, s in samples.items()}
+rc.close()
+print(json.dumps(out))
+"""
+
+
+def free_loopback_ports(first: int = 53000) -> int:
+    """A base port with the 30 ports of ipyparallel's layout free on loopback."""
+    import socket
+
+    for base in range(first, first + 8000, 40):
+        with contextlib.ExitStack() as stack:
+            try:
+                for port in range(base, base + 30):
+                    sock = stack.enter_context(socket.socket())
+                    sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return base
+    raise SystemExit("no 30 free ports on loopback")
+
+
+def bytecode(args: argparse.Namespace) -> None:
+    """One apply's round trip to a guarded engine (``picluster.ipengine``) and to a stock
+    one (``ipyparallel.engine``) of the same controller, alternating; and the check alone."""
+    import timeit
+
+    from picluster import config
+    from picluster.connection import client_info, engine_info
+    from picluster.controller import controller_argv, controller_env
+    from picluster.engines import engine_argv, engine_env
+    from picluster.ipengine import foreign_reason
+    from picluster.paths import Paths
+
+    tmp = Path(tempfile.mkdtemp(prefix="bench-bytecode-"))
+    cfg = config.parse(f"[cluster]\nbase_port = {free_loopback_ports()}\ncurve = false\n"
+                       '[controller]\nlisten = "127.0.0.1"\n')  # fmt: skip
+    keys = secret.Keys.derive(secret.generate())
+    paths = Paths(tmp / "cfg", tmp / "secret", tmp / "state")
+    paths.ipython_dir.mkdir(parents=True)
+    base = cfg.cluster.base_port
+    procs = [subprocess.Popen(controller_argv(cfg, paths), env=controller_env(keys, cfg, paths),
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              start_new_session=True)]  # fmt: skip
+    env = engine_env(engine_info("127.0.0.1", base, keys, curve=False), keys, cfg, paths)
+    for kind, module in (("guarded", "picluster.ipengine"), ("stock", "ipyparallel.engine")):
+        argv = [module if a == "picluster.ipengine" else a
+                for a in engine_argv(f"picluster:bench:{kind}:0", cfg)]  # fmt: skip
+        quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+        procs.append(subprocess.Popen(argv, env=env, start_new_session=True, **quiet))
+    try:
+        info = json.dumps(client_info("127.0.0.1", base, keys, curve=False))
+        out = subprocess.run([sys.executable, "-c", BYTECODE_CLIENT, info, str(args.runs)],
+                             capture_output=True, text=True, check=True, timeout=900)  # fmt: skip
+        medians = json.loads(out.stdout)
+    finally:
+        for p in procs:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(p.pid, 9)
+            p.wait()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    def work(n=50):
+        total = 0
+        for i in range(n):
+            total += sum(j * j for j in range(i))
+        return {"n": n, "total": total, "parts": [str(i) for i in range(3)]}
+
+    codes = [work.__code__, *(c for c in work.__code__.co_consts if hasattr(c, "co_code"))]
+    loops = 20000
+    check_us = timeit.timeit(lambda: [foreign_reason(c.co_code) for c in codes], number=loops)
+    check_us = check_us / loops * 1e6
+    print(f"apply_sync round trip, median of {args.runs} alternating calls per engine "
+          f"(loopback, one controller, curve off)\n")  # fmt: skip
+    print("| function sent | stock engine (ms) | guarded engine (ms) | guarded/stock |")
+    print("| --- | --- | --- | --- |")
+    for name, m in medians.items():
+        print(f"| {name} | {m['stock'] * 1e3:.2f} | {m['guarded'] * 1e3:.2f} | "
+              f"{m['guarded'] / m['stock']:.2f} |")  # fmt: skip
+    print(
+        f"\nthe check alone, the 'function' ({len(codes)} code objects, "
+        f"{sum(len(c.co_code) for c in codes)} bytes of bytecode): {check_us:.1f} us"
+    )
+
+
 def main() -> None:
     if os.geteuid() != 0:
         sys.exit("bench.runtime needs root (network namespaces)")
@@ -494,6 +607,9 @@ def main() -> None:
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--deadline", type=float, default=60.0)
     p.set_defaults(func=heal)
+    p = sub.add_parser("bytecode", help="issue 17: apply to a guarded engine vs a stock one")
+    p.add_argument("--runs", type=int, default=500)
+    p.set_defaults(func=bytecode)
     for name, func in (("throughput", throughput), ("restart", restart), ("curve", curve)):
         p = sub.add_parser(name)
         p.add_argument("--hosts-n", type=int, default=4)

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from types import ModuleType
 from typing import Any
 
-from picluster import __version__, jupyter_cli, node_cli
+from picluster import __version__, connect, jupyter_cli, node_cli
 from picluster.cards import cli as cards_cli
 from picluster.errors import PiclusterError
 from picluster.imagebuild import cli as imagebuild_cli
@@ -24,7 +24,7 @@ from picluster.vm import cli as vm_cli
 
 GROUPS: tuple[tuple[str, tuple[ModuleType, ...]], ...] = (
     ("node commands (on a Pi of the cluster)", (node_cli, jupyter_cli)),
-    ("card commands (on your computer)", (cards_cli,)),
+    ("commands on your computer (cards; the cluster from a laptop)", (cards_cli, connect)),
     (
         "build and VM commands (sudo ./build.sh COMMAND; ./build.sh alone builds)",
         (imagebuild_cli, vm_cli),

@@ -26,7 +26,7 @@ import tomli_w
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from picluster.errors import ConfigurationError
-from picluster.names import DnsLabel, LoginName
+from picluster.names import DnsLabel, LoginName, is_label
 from picluster.validation import describe
 
 PORTS_USED = 30
@@ -78,7 +78,22 @@ class RolesSection(_Section):
     engine: list[str] = Field(default_factory=lambda: ["*"])
     """Hostname patterns that make a node an engine host (checked after controller)."""
     unassigned: list[str] = Field(default_factory=lambda: ["raspberrypi", "localhost"])
-    """Names a card has before anyone named it: such a node joins nothing."""
+    """Names a card has before anyone named it (the image's own hostname): such a card
+    names itself after self_name before it joins."""
+    self_name: str = "engine-{id}"
+    """The name an unnamed card gives itself: {id} = the last 6 hex digits of its board
+    serial (of its wired MAC where it has none), all of them if another card took that
+    name first; "" = an unnamed card joins nothing."""
+
+    @field_validator("self_name")
+    @classmethod
+    def _self_name(cls, value: str) -> str:
+        if value and (value.count("{id}") != 1 or not is_label(value.replace("{id}", "0" * 16))):
+            raise ValueError(
+                'must contain "{id}" once and otherwise be a hostname, e.g. "engine-{id}" '
+                '(or "" for none)'
+            )
+        return value
 
 
 Count = int | Literal["auto"]
@@ -150,6 +165,14 @@ class JupyterSection(_Section):
         return value
 
 
+class SshSection(_Section):
+    cluster_login: bool = True
+    """SSH between the nodes without copying keys: a CA and a user key derived from the
+    secret let the first user `ssh <host>.local` from any node to any other, with no
+    host-key prompt; so holding the secret also means logging into every node as the
+    first user. false: nothing of it is installed, and what was is removed at boot."""
+
+
 class Config(_Section):
     """The whole ``cluster.toml``; every section and key is optional."""
 
@@ -158,6 +181,7 @@ class Config(_Section):
     engines: EnginesSection = Field(default_factory=EnginesSection)
     controller: ControllerSection = Field(default_factory=ControllerSection)
     jupyter: JupyterSection = Field(default_factory=JupyterSection)
+    ssh: SshSection = Field(default_factory=SshSection)
 
 
 _FIXES: dict[tuple[str | int, ...], str] = {

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from picluster import ipengine
 from picluster.config import Config
 from picluster.connection import client_environment
 from picluster.files import atomic_write_text
@@ -62,6 +63,11 @@ def host_of(uuid: str) -> str | None:
     return None
 
 
+def python_minor() -> str:
+    """The engines' Python, e.g. "3.13": this one, which ``engine_argv`` starts."""
+    return ipengine.PYTHON
+
+
 def resolve_count(value: int | str) -> int:
     return (os.cpu_count() or 1) if value == "auto" else int(value)
 
@@ -83,7 +89,8 @@ def engine_argv(uuid: str, config: Config) -> list[str]:
     argv = [
         sys.executable,
         "-m",
-        "ipyparallel.engine",
+        # ipyparallel's engine, refusing bytecode from another Python (issue 17).
+        "picluster.ipengine",
         f"--Session.session={uuid}",
         f"--IPEngine.timeout={config.engines.timeout}",
         # Never give up on a silent controller: a restarted one restores this

@@ -1,4 +1,5 @@
-"""Subcommands that run on a node: role, agent, status, doctor, secret, client-file."""
+"""Subcommands that run on a node: role, agent, status, hostfile, ssh-trust, doctor, secret,
+client-file."""
 
 from __future__ import annotations
 
@@ -25,6 +26,16 @@ def _path_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--secret", type=Path, help="secret file (default /etc/picluster/secret)")
     group.add_argument(
         "--state-dir", type=Path, help="state directory (default /var/lib/picluster)"
+    )
+
+
+def _wait_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--wait",
+        type=float,
+        default=3.0,
+        metavar="SECONDS",
+        help="how long to listen for mDNS answers (default 3)",
     )
 
 
@@ -74,6 +85,17 @@ def cmd_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_name(args: argparse.Namespace) -> int:
+    from picluster import naming
+    from picluster.agent.core import next_epoch
+
+    _logging()
+    paths = _paths(args)
+    cfg = config.load(paths.config)
+    print(naming.ensure(paths, cfg, lambda: next_epoch(paths)))
+    return 0
+
+
 def cmd_agent(args: argparse.Namespace) -> int:
     from picluster import agent
 
@@ -85,6 +107,40 @@ def cmd_status(args: argparse.Namespace) -> int:
     from picluster import status
 
     return status.main(_paths(args), args.wait, args.json)
+
+
+def cmd_hostfile(args: argparse.Namespace) -> int:
+    from picluster import hostfile
+
+    return hostfile.main(_paths(args), args.wait, args.slots, args.address)
+
+
+def cmd_ssh_trust(args: argparse.Namespace) -> int:
+    from picluster import sshtrust
+
+    paths = _paths(args)
+    layered = config.load_layered(paths.config)
+    layout = sshtrust.Layout(args.root)
+    try:
+        if layered.config.ssh.cluster_login:
+            key = secret.load(paths.secret)
+            outcome = sshtrust.apply(key, hostname(), users.jupyter_user(layered), layout)
+        else:
+            try:
+                user = users.jupyter_user(layered)
+            except ConfigurationError:
+                user = None  # no first user: nothing of theirs to remove
+            outcome = sshtrust.remove(user, layout)
+    except OSError as exc:
+        raise PiclusterError(
+            f"cannot write {exc.filename or layout.root}: {exc.strerror or exc}. Fix: run it "
+            "as root (the agent's unit does, in ExecStartPre=+)"
+        ) from None
+    if outcome.sshd_changed and (reloaded := sshtrust.reload_sshd(layout)):
+        outcome.said.append(reloaded)
+    for line in outcome.said:
+        print(f"ssh-trust: {line}")
+    return 0
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
@@ -146,21 +202,75 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _path_options(p)
     p.set_defaults(func=cmd_role)
 
+    p = subparsers.add_parser(
+        "name",
+        help="give an unnamed card its name, engine-<serial digits> (the unit's ExecStartPre)",
+        description=(
+            "A card whose hostname is in [roles] unassigned (the image's own 'raspberrypi') "
+            "names itself after [roles] self_name, from its board serial (its wired MAC "
+            "where it has none), makes sure no other card on the LAN has that name, and "
+            "keeps it in /etc/hostname. A card with a name is left alone. Needs root."
+        ),
+    )
+    _path_options(p)
+    p.set_defaults(func=cmd_name)
+
     p = subparsers.add_parser("agent", help="run the node service (what systemd starts)")
     _path_options(p)
     p.set_defaults(func=cmd_agent)
 
     p = subparsers.add_parser("status", help="show the cluster as seen from this node")
     p.add_argument("--json", action="store_true", help="machine-readable output")
-    p.add_argument(
-        "--wait",
-        type=float,
-        default=3.0,
-        metavar="SECONDS",
-        help="how long to listen for mDNS answers (default 3)",
-    )
+    _wait_option(p)
     _path_options(p)
     p.set_defaults(func=cmd_status)
+
+    p = subparsers.add_parser(
+        "hostfile",
+        help="print an MPI hostfile of the cluster's hosts: <host>.local slots=<cores>",
+        description=(
+            "One line per host that runs engines (the controller first, then the engine "
+            "hosts; a controller with on_controller = 0 is left out), from the node records "
+            "sealed with the cluster's key, so it needs the secret: "
+            "mpirun --hostfile <(sudo picluster hostfile) -n 8 python -m mpi4py.bench helloworld"
+        ),
+    )
+    p.add_argument(
+        "--slots",
+        choices=["cores", "engines"],
+        default="cores",
+        help="slots per host: its CPU cores (default) or the engines it runs",
+    )
+    p.add_argument(
+        "--address",
+        action="store_true",
+        help="IPv4 addresses instead of <host>.local names (for an MPI that resolves .local "
+        "poorly; ssh then checks host keys by address, not with the cluster's certificates)",
+    )
+    _wait_option(p)
+    _path_options(p)
+    p.set_defaults(func=cmd_hostfile)
+
+    p = subparsers.add_parser(
+        "ssh-trust",
+        help="SSH between the nodes from the cluster secret (the unit's ExecStartPre, root)",
+        description=(
+            "Signs this host's Ed25519 key with the cluster's SSH CA (derived from the "
+            "secret; principals: hostname and hostname.local), gives the first user the "
+            "cluster user key and certificate, and makes ssh and sshd trust the CA for the "
+            "cluster's .local hosts and that user. Writes only what changed, and reloads "
+            "sshd then. With [ssh] cluster_login = false it removes all of it instead. "
+            "Needs root."
+        ),
+    )
+    p.add_argument(
+        "--root",
+        type=Path,
+        default=Path("/"),
+        help="apply under this directory instead of / (a test's or an image's root)",
+    )
+    _path_options(p)
+    p.set_defaults(func=cmd_ssh_trust)
 
     p = subparsers.add_parser(
         "reserve-ports",

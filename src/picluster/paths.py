@@ -10,11 +10,13 @@ from pathlib import Path
 DEFAULT_CONFIG = Path("/etc/picluster/cluster.toml")
 DEFAULT_SECRET = Path("/etc/picluster/secret")
 DEFAULT_STATE_DIR = Path("/var/lib/picluster")
+DEFAULT_ETC_DIR = Path("/etc")
 
 ENV_CONFIG = "PICLUSTER_CONFIG"
 ENV_SECRET = "PICLUSTER_SECRET"
 ENV_STATE_DIR = "PICLUSTER_STATE_DIR"
 ENV_HOSTNAME = "PICLUSTER_HOSTNAME"
+ENV_ETC_DIR = "PICLUSTER_ETC_DIR"
 
 
 @dataclass(frozen=True)
@@ -22,6 +24,9 @@ class Paths:
     config: Path
     secret: Path
     state_dir: Path
+    etc_dir: Path = DEFAULT_ETC_DIR
+    """Where the system's ``hostname`` and ``hosts`` files are (``naming`` writes them);
+    a test host on a shared machine points it at its own directory."""
 
     @classmethod
     def resolve(
@@ -40,6 +45,7 @@ class Paths:
             config=pick(config, ENV_CONFIG, DEFAULT_CONFIG),
             secret=pick(secret, ENV_SECRET, DEFAULT_SECRET),
             state_dir=pick(state_dir, ENV_STATE_DIR, DEFAULT_STATE_DIR),
+            etc_dir=pick(None, ENV_ETC_DIR, DEFAULT_ETC_DIR),
         )
 
     @property

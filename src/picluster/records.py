@@ -85,6 +85,13 @@ class ControllerRecord:
     iid: str
     fp: str
     curve: bool
+    py: str = ""
+    """The engines' Python, "3.13": a client on another minor version cannot send them
+    functions (``picluster connect`` refuses it); "" from an older controller."""
+    lab: int = 0
+    """JupyterLab's port on the controller (0: none)."""
+    login: str = "token"
+    """How JupyterLab logs in: "token" (derived from the secret) or "password"."""
 
     def encode(self) -> dict[str, str]:
         return {
@@ -95,6 +102,9 @@ class ControllerRecord:
             "iid": self.iid,
             "fp": self.fp,
             "curve": "1" if self.curve else "0",
+            "py": self.py,
+            "lab": str(self.lab),
+            "login": self.login,
         }
 
     @classmethod
@@ -107,6 +117,9 @@ class ControllerRecord:
             iid=_text(props, "iid"),
             fp=_text(props, "fp"),
             curve=_text(props, "curve") == "1",
+            py=(props.get(b"py") or b"").decode("ascii", "replace"),
+            lab=_int(props, "lab") if b"lab" in props else 0,
+            login=(props.get(b"login") or b"token").decode("ascii", "replace"),
         )
 
     @staticmethod
@@ -126,11 +139,17 @@ class NodeRecord:
     state: str
     fp: str
     version: str
+    hw: str = ""
+    """The hardware id of a card that is naming itself (``naming``), else empty."""
+    cores: int = 0
+    """CPU cores of the host (``picluster hostfile``'s MPI slots); 0 from an older agent."""
 
     def encode(self) -> dict[str, str]:
         out = {"v": str(SCHEMA_VERSION)}
         for f in fields(self):
             out[f.name] = str(getattr(self, f.name))
+        if not self.hw:  # only a card naming itself sends it
+            del out["hw"]
         return out
 
     @classmethod
@@ -145,6 +164,8 @@ class NodeRecord:
             state=_text(props, "state"),
             fp=_text(props, "fp"),
             version=_text(props, "version"),
+            hw=(props.get(b"hw") or b"").decode("ascii", "replace"),
+            cores=_int(props, "cores") if b"cores" in props else 0,
         )
 
     @staticmethod

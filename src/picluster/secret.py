@@ -33,6 +33,8 @@ LABEL_CURVE_CLIENT = b"curvezmq client secret key"
 LABEL_JUPYTER_TOKEN = b"jupyter token"
 LABEL_FINGERPRINT = b"key fingerprint"
 LABEL_RECORD_MAC = b"mdns record mac key"
+LABEL_SSH_CA = b"ssh certificate authority ed25519 seed"
+LABEL_SSH_USER = b"ssh cluster user ed25519 seed"
 
 FINGERPRINT_LEN = 12
 """Hex digits of the fingerprint published over mDNS: 48 bits tell two secrets

@@ -1,9 +1,15 @@
 """The boot tier: the image tier's image boots as 1 controller + 2 engine VMs and forms a cluster.
 
 Reuses the image built by tests/image (never rebuilds when its manifest is
-present). Each VM gets its card through ``picluster cards`` + ``picluster
-seed``; the VMs run under qemu-system-aarch64 (TCG) on a bridge in a network
-namespace this test creates. Serial logs land in artifacts/boot/ on failure.
+present). The controller and engine-1 get their cards through ``picluster
+cards`` + ``picluster seed`` (engine-1's cmdline.txt also gets what Raspberry
+Pi Imager appends); the third VM boots the image exactly as built, takes an
+address from the LAN's DHCP server and names itself after its MAC, and is seen
+only from the LAN (``picluster status``, the DHCP server's leases and log, its
+serial console). Every kernel gets its card's own cmdline.txt. The VMs run
+under qemu-system-aarch64 (TCG) on a bridge in a network namespace this test
+creates, with dnsmasq on the bridge as the home router. Serial logs and the
+DHCP server's files land in artifacts/boot/ on failure.
 """
 
 from __future__ import annotations
@@ -19,7 +25,9 @@ from pathlib import Path
 
 import pytest
 
+from picluster.cards import bootfs
 from picluster.vm.cluster import PY, SSH_OPTIONS, BootCluster, BootError, wait_for
+from picluster.vm.machine import QEMU_CMDLINE, VM
 from tests.harness import imagebuild
 from tests.harness.imagebuild import DEPLOY, REPO
 from tests.image.conftest import build_image
@@ -47,7 +55,8 @@ def booted(tmp_path_factory):
         image=Path(built["raw_image"]),
         secret=DEPLOY / "picluster.secret",
         work=work,
-        engines=2,
+        engines=1,
+        unseeded=1,
         memory_mb=1024,
         cpus=1,
     )
@@ -70,6 +79,9 @@ def keep_serial(cluster: BootCluster, label: str) -> None:
     for vm in cluster.vms:
         if vm.serial_log.exists():
             shutil.copy(vm.serial_log, dest / vm.serial_log.name)
+    for name in ("dnsmasq.log", "dnsmasq.leases"):
+        if (cluster.work / "dhcp" / name).exists():
+            shutil.copy(cluster.work / "dhcp" / name, dest / name)
 
 
 @pytest.fixture(autouse=True)
@@ -98,10 +110,25 @@ def wait_ready(cluster: BootCluster, what: str, old_boots: dict[str, str] | None
         raise AssertionError(f"{what}: {exc}") from None
 
 
+def seeded(cluster: BootCluster) -> list[VM]:
+    return [vm for vm in cluster.vms if vm.seeded]
+
+
+def unseeded(cluster: BootCluster) -> VM:
+    (vm,) = [vm for vm in cluster.vms if not vm.seeded]
+    return vm
+
+
+def hosts(cluster: BootCluster) -> dict[str, dict]:
+    """``picluster status --json`` on the LAN: host -> its row."""
+    view = wait_for(cluster.status, 300, "picluster status on the LAN gave no answer", 5)
+    return {row["host"]: row for row in view["hosts"]}
+
+
 def test_first_boot_forms_the_cluster(booted):
     cluster = booted
     wait_ready(cluster, "first boot")
-    for vm in cluster.vms:
+    for vm in seeded(cluster):
         assert vm.state is not None
         assert vm.state.cloud_init == "done", f"{vm.name}: cloud-init {vm.state.summary()}"
         assert not vm.state.failed, f"{vm.name}: failed units: {vm.state.summary()}"
@@ -112,7 +139,8 @@ def test_first_boot_forms_the_cluster(booted):
     except BootError as exc:
         raise AssertionError(f"{exc}: {cluster.registered()} (want {want})") from None
     record_phases(cluster, "first boot")
-    for vm in cluster.vms:
+    assert set(hosts(cluster)) == {vm.name for vm in cluster.vms}, "not every VM is listed"
+    for vm in seeded(cluster):
         # Exit 2 (a usage or state error of the last command) is not retried: the
         # assertions below say what is wrong from the output.
         out = ssh_ok(cluster, vm.index, IDENTITY, accept=(0, 2))
@@ -125,13 +153,91 @@ def test_first_boot_forms_the_cluster(booted):
 
 
 def all_registered(cluster: BootCluster) -> bool:
-    """Every VM's engines (one per vCPU) registered; the moment is kept as a phase."""
+    """Every VM's engines (one per vCPU) registered; the moment is kept as a phase
+    (an unseeded VM's was kept when ``wait_ready`` first saw it)."""
     got = cluster.registered()
     if not all(got.get(vm.name, 0) >= vm.cpus for vm in cluster.vms):
         return False
     for vm in cluster.vms:
-        vm.seen["engines registered"] = time.monotonic() - vm.started
+        vm.seen.setdefault("engines registered", time.monotonic() - vm.started)
     return True
+
+
+def test_a_card_nobody_named_names_itself_and_joins(booted):
+    """The image as built, flashed and powered on: no seed, no key, no name. It takes an
+    address from the home router's range, names itself engine-<last 6 hex digits of its
+    MAC> (QEMU's virt board has no serial number) and registers its engines."""
+    cluster = booted
+    vm = unseeded(cluster)
+    assert vm.name == "engine-" + vm.mac.replace(":", "")[-6:]
+    lease = cluster.dhcp.leases().get(vm.mac) if cluster.dhcp else None
+    assert lease is not None, f"{vm.name}: no DHCP lease for {vm.mac}"
+    assert lease.from_range, f"{vm.name}: {lease.address} is not from the DHCP range"
+    row = hosts(cluster).get(vm.name)
+    assert row is not None, f"{vm.name} is not listed by picluster status"
+    assert (row["role"], row["state"]) == ("engine", "running"), row
+    assert row["registered"] == vm.cpus, row
+    assert row["address"] == lease.address, (row, lease)
+    # What it sent the router at first boot (the name is set by then, or not yet:
+    # the second boot asks with its name for sure).
+    print(f"{vm.name}: first-boot lease {lease}")
+    assert "Linux version" in vm.serial(), f"{vm.name}: no kernel start on its console"
+
+
+def test_the_pis_reach_each_other_by_name_with_no_key_copied(booted):
+    """From the controller, the first user logs into every other card by its .local name
+    (the unseeded one too, by the name it gave itself: avahi follows the rename) with no
+    prompt and no flag: keys and host certificates derived from the cluster secret.
+    ``picluster hostfile`` lists every card for mpirun."""
+    cluster = booted
+    wait_for(lambda: all_registered(cluster), 600, "not every VM's engines registered", 5)
+    strict = "ssh -o BatchMode=yes -o StrictHostKeyChecking=yes"
+    for vm in cluster.vms[1:]:
+        tries: list[str] = []
+
+        def logged_in(vm: VM = vm, tries: list[str] = tries) -> bool:
+            proc = cluster.ssh(0, f"{strict} {vm.name}.local hostname", 120)
+            tries.append(proc.stdout + proc.stderr)
+            return proc.returncode == 0 and proc.stdout.strip() == vm.name
+
+        try:
+            wait_for(logged_in, 240, f"ssh {vm.name}.local from the controller", 5)
+        except BootError as exc:
+            raise AssertionError(f"{exc}; last answer: {tries[-1:]}") from None
+    lines = ssh_ok(cluster, 0, "sudo /opt/picluster/bin/picluster hostfile").splitlines()
+    assert sorted(line.split()[0] for line in lines) == sorted(
+        f"{vm.name}.local" for vm in cluster.vms
+    ), lines
+
+
+def test_addresses_are_a_home_networks(booted):
+    """The controller's card says DHCP: it gets the address the router reserves for its
+    MAC. engine-1's card gives a static address: it uses it and asks the router nothing."""
+    cluster = booted
+    leases = cluster.dhcp.leases() if cluster.dhcp else {}
+    controller, engine = cluster.vms[0], cluster.vms[1]
+    assert leases.get(controller.mac) is not None, f"controller: no lease ({leases})"
+    assert leases[controller.mac].address == "10.213.0.10", leases[controller.mac]
+    assert engine.mac not in leases, f"{engine.name} asked DHCP despite its static address"
+    listed = hosts(cluster)
+    assert listed["controller"]["address"] == "10.213.0.10", listed["controller"]
+    assert listed[engine.name]["address"] == "10.213.0.11", listed[engine.name]
+
+
+def test_every_kernel_gets_its_cards_cmdline_txt(booted):
+    """What the Pi firmware would pass: the card's own cmdline.txt (after `picluster seed`
+    and, on engine-1, Raspberry Pi Imager's `ds=nocloud;i=<id>`; the image's own for the
+    unseeded VM), plus only QEMU's console. The kernel prints what it got."""
+    cluster = booted
+    for vm in cluster.vms:
+        card = " ".join(bootfs.read_file(vm.disk, "cmdline.txt").decode().split())
+        assert vm.cmdline == f"{card} {QEMU_CMDLINE}", vm.cmdline
+        assert "root=" in card, f"{vm.name}: cmdline.txt without root=: {card}"
+        # The serial log holds this boot's console (it is emptied at every start).
+        assert f"Kernel command line: {vm.cmdline}\n" in vm.serial().replace("\r", ""), vm.name
+    imager = cluster.vms[1]
+    assert "ds=nocloud;i=" in imager.cmdline, imager.cmdline
+    assert imager.state is not None and imager.state.cloud_init == "done", imager.summary()
 
 
 def record_phases(cluster: BootCluster, label: str) -> None:
@@ -226,7 +332,10 @@ def test_second_boot_forms_again_without_first_boot_work(booted):
     before = ssh_ok(cluster, 0, instance)
     cluster.observe()
     first_boots = cluster.boot_ids()
-    assert len(first_boots) == len(cluster.vms), "a VM did not answer before the power cycle"
+    assert len(first_boots) == len(seeded(cluster)), "a VM did not answer before the power cycle"
+    nameless = unseeded(cluster)
+    acks = cluster.dhcp_acks(nameless)
+    first_lease = cluster.dhcp.leases()[nameless.mac] if cluster.dhcp else None
     cluster.power_cycle()
     # Readiness from each VM itself: a new boot id, systemd up, cloud-init
     # finished, the agent active (the console may never print a login prompt).
@@ -246,6 +355,18 @@ def test_second_boot_forms_again_without_first_boot_work(booted):
     assert ran == "1", f"cloud-init ran its once-per-instance ssh module again ({ran} times)"
     assert skipped != "0", "the second boot's cloud-init did not report skipping config-ssh"
     record_phases(cluster, "second boot")
+    # The card that named itself: a new boot (a new kernel start on its console, emptied
+    # at power-on; a new DHCP exchange), the same name, its engines back.
+    assert nameless.boots == 2 and "Linux version" in nameless.serial()
+    assert cluster.dhcp_acks(nameless) > acks, f"{nameless.name}: no DHCP request after power-on"
+    lease = cluster.dhcp.leases()[nameless.mac] if cluster.dhcp else None
+    assert lease is not None and first_lease is not None
+    assert lease.hostname == nameless.name, f"it asked the router as {lease.hostname!r}"
+    assert lease.address == first_lease.address, (first_lease, lease)
+    listed = hosts(cluster)
+    assert set(listed) == {vm.name for vm in cluster.vms}, f"renamed? {sorted(listed)}"
+    assert listed[nameless.name]["state"] == "running", listed[nameless.name]
+    assert listed[nameless.name]["registered"] == nameless.cpus, listed[nameless.name]
 
 
 def test_the_cluster_ports_are_out_of_the_ephemeral_range(booted):

@@ -37,7 +37,10 @@ from tests.cluster.steps import (  # healing (issue 14)
     engines_started_long_before,
     ghosts_gone,
     hello_world,
+    hostfile_lists,
     join,
+    keeps_name,
+    laptop_connects,
     load_balanced_map,
     log_matches,
     log_says,
@@ -57,6 +60,7 @@ from tests.cluster.steps import (  # healing (issue 14)
     restart_agent,
     same_engines_as,
     scatter_gather,
+    self_named,
     start,
     start_map,
     static_controller,
@@ -68,6 +72,7 @@ from tests.cluster.steps import (  # healing (issue 14)
     stranger_announces,
     stranger_heard_nothing,
     stranger_listens,
+    unnamed,
 )
 
 CONTROLLER = "[engines]\non_controller = 1\n"
@@ -130,6 +135,7 @@ SCENARIOS = [
             hello_world(8),
             scatter_gather(64, n=8),
             load_balanced_map(100, n=8),
+            laptop_connects(8),
         ],
     ),
     Scenario(
@@ -138,6 +144,24 @@ SCENARIOS = [
         "ipp.Client() with no arguments on the controller.",
         nodes=[join("controller", CONTROLLER_2)],
         expect=[client_file_connects("controller", 2)],
+    ),
+    Scenario(
+        "identical-cards-name-themselves",
+        "Two cards flashed with the image alone (hostname raspberrypi, no board serial) "
+        "whose MACs end alike boot together: both name themselves from their MAC, end up "
+        "with different names and join; after a reboot each keeps its name.",
+        nodes=[
+            join("controller", CONTROLLER),
+            unnamed("card-a", "02:00:00:ab:cd:ef", ENGINE),
+            unnamed("card-b", "06:00:00:ab:cd:ef", ENGINE),
+        ],
+        before=[self_named({"card-a": "02:00:00:ab:cd:ef", "card-b": "06:00:00:ab:cd:ef"}, 2)],
+        fault=[stop_agent("card-a"), stop_agent("card-b"), start("card-a"), start("card-b")],
+        expect=[
+            keeps_name("card-a"),
+            keeps_name("card-b"),
+            self_named({"card-a": "02:00:00:ab:cd:ef", "card-b": "06:00:00:ab:cd:ef"}, 2),
+        ],
     ),
     # -- healing: a failure is survived without touching the other hosts -----------------
     Scenario(
@@ -180,7 +204,7 @@ SCENARIOS = [
             engine_hosts({"controller": 1, "engine-1": 2}, why="engine-2 must not have joined"),
             no_process(
                 "engine-2",
-                "ipyparallel.engine",
+                "picluster.ipengine",
                 "engine-2 started engines although its key cannot work",
             ),
             status_cli_reports(
@@ -405,6 +429,7 @@ SCENARIOS = [
             ),
             engine_hosts(FORMED),
             status_is("controller", "running"),
+            hostfile_lists(FORMED),  # issue 16: MPI's hostfile, strangers left out
         ],
     ),
 ]

@@ -18,13 +18,17 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import re
+import shutil
 import stat
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from picluster import secret as secret_mod
@@ -131,6 +135,117 @@ def join(hostname: str, config: Config, secret: str = "cluster", start: bool = T
         text = config(scene) if callable(config) else config
         scene.cluster.add(hostname, text, key, start=start)
         scene.secret_of[hostname] = key
+
+    return run
+
+
+UNNAMED = "raspberrypi"
+"""The image's own hostname (``./config`` TARGET_HOSTNAME): a card nobody named."""
+
+
+def unnamed(card: str, mac: str, config: Config = "", secret: str = "cluster") -> Step:
+    """A card flashed with the image alone boots (hostname ``raspberrypi``); its wired
+    port has ``mac`` and it has no board serial, like a QEMU VM. ``card`` only keys it
+    in the scenario: it names itself."""
+
+    @step(f"an unnamed card ({card}, MAC {mac}) boots")
+    def run(scene: Scene) -> None:
+        key = scene.secret(secret)
+        text = config(scene) if callable(config) else config
+        scene.cluster.add(card, text, key, boot_name=UNNAMED, mac=mac)
+        scene.secret_of[card] = key
+
+    return run
+
+
+def self_named(cards: Mapping[str, str], engines: int, via: str = "controller") -> Step:
+    """The unnamed ``cards`` (card -> MAC) named themselves ``engine-<last 6 MAC
+    digits>``, or ``engine-<whole MAC>`` when another card took that first: every name
+    different, kept in the card's /etc/hostname and /etc/hosts, and ``engines`` engines
+    of each answer under it through ``via`` (with ``via``'s own engines)."""
+
+    @step(f"the unnamed cards {sorted(cards)} named themselves apart and joined")
+    def run(scene: Scene) -> None:
+        nodes = {card: scene.node(card) for card in cards}
+        scene.wait_for(
+            lambda: all((n.etc / "hostname").exists() for n in nodes.values()),
+            f"every unnamed card writing its /etc/hostname ({sorted(cards)})",
+        )
+        names = {card: n.current_name() for card, n in nodes.items()}
+        for card, name in names.items():
+            digits = cards[card].replace(":", "")
+            assert name in (f"engine-{digits[-6:]}", f"engine-{digits}"), (card, name)
+            hosts = (nodes[card].etc / "hosts").read_text()
+            assert f"127.0.1.1\t{name}\n" in hosts, f"{card}'s /etc/hosts: {hosts!r}"
+        assert len(set(names.values())) == len(names), f"two cards share a name: {names}"
+        scene.saved["self-named"] = names
+        own = scene.node(via).status().get("engines", 0)
+        expected = {via: own, **{name: engines for name in names.values()}}
+        engine_hosts(expected, via=via, why=f"names {names}").run(scene)
+
+    return run
+
+
+def keeps_name(card: str) -> Step:
+    """After a reboot, ``card`` has the name it gave itself the first time."""
+
+    @step(f"{card} keeps the name it gave itself")
+    def run(scene: Scene) -> None:
+        want = scene.saved["self-named"][card]
+        scene.wait_for(
+            lambda: scene.node(card).status().get("host") == want,
+            f"{card}'s agent running as {want} again",
+        )
+
+    return run
+
+
+NOBODY = 65534
+
+
+def laptop_connects(engines: int, controller: str = "controller") -> Step:
+    """On the client host (on the LAN, not a node), an unprivileged user with only the
+    secret file runs ``picluster connect``; then ``ipp.Client(profile="picluster")``
+    reaches ``engines`` engines, and the printed JupyterLab address carries the token."""
+
+    @step(f"a laptop runs picluster connect as nobody, then reaches {engines} engines")
+    def run(scene: Scene) -> None:
+        home = Path(tempfile.mkdtemp(prefix="picluster-laptop-"))
+        scene.cleanup.callback(shutil.rmtree, home, True)
+        key = scene.secret("cluster")
+        secret_mod.write(home / "cluster.secret", key)
+        for path in (home, home / "cluster.secret"):
+            os.chown(path, NOBODY, NOBODY)
+        as_nobody = (
+            "setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups",
+            "env", f"HOME={home}", "PYTHONDONTWRITEBYTECODE=1", sys.executable,
+        )  # fmt: skip
+        host = scene.cluster.client_host
+        if host.run(*as_nobody, "-c", "", check=False).returncode != 0:
+            # The test's Python lives where nobody may not go (a pyenv under /root):
+            # then the laptop is root, which proves less, but no less than before.
+            as_nobody = ("env", f"HOME={home}", sys.executable)
+            os.chown(home / "cluster.secret", os.geteuid(), os.getegid())
+        out = host.run(
+            *as_nobody, "-m", "picluster", "connect", "--secret", str(home / "cluster.secret"),
+            "--ipython-dir", str(home / "ipython"), check=False,
+        )  # fmt: skip
+        said = f"picluster connect said:\n{out.stdout}{out.stderr}"
+        assert out.returncode == 0, said + scene.cluster.logs()
+        address = scene.node(controller).host.address
+        token = secret_mod.Keys.derive(key).jupyter_token
+        assert f"JupyterLab: http://{address}:8888/lab?token={token}" in out.stdout, said
+        made = home / "ipython/profile_picluster/security/ipcontroller-client.json"
+        assert stat.S_IMODE(made.stat().st_mode) == 0o600
+        code = (
+            "import json, socket, ipyparallel as ipp\n"
+            f"rc = ipp.Client(profile='picluster', ipython_dir={str(home / 'ipython')!r})\n"
+            f"rc.wait_for_engines({engines}, timeout={scene.deadline:.0f})\n"
+            "print(json.dumps(rc[:].apply_sync(socket.gethostname)))\n"
+        )
+        ran = host.run(*as_nobody, "-c", code, check=False)
+        assert ran.returncode == 0, f"{ran.stdout}{ran.stderr}"
+        assert len(json.loads(ran.stdout.splitlines()[-1])) == engines, ran.stdout
 
     return run
 
@@ -271,9 +386,9 @@ def remember_engines(key: str, n: int, via: str = "controller") -> Step:
 def remember_engine_pids(*hostnames: str) -> Step:
     @step(f"the engine processes on {', '.join(hostnames)} are noted")
     def run(scene: Scene) -> None:
-        scene.saved["engine pids"] = {
-            h: scene.node(h).host.pids("ipyparallel.engine") for h in hostnames
-        }
+        pids = {h: scene.node(h).host.pids("picluster.ipengine") for h in hostnames}
+        assert all(pids.values()), f"no engine process found on some host: {pids}"
+        scene.saved["engine pids"] = pids
 
     return run
 
@@ -335,7 +450,7 @@ def engine_pids_unchanged() -> Step:
     @step("no engine host restarted its engines")
     def run(scene: Scene) -> None:
         for hostname, pids in scene.saved["engine pids"].items():
-            now = scene.node(hostname).host.pids("ipyparallel.engine")
+            now = scene.node(hostname).host.pids("picluster.ipengine")
             assert now == pids, f"{hostname} restarted its engines ({pids} -> {now})"
 
     return run
@@ -807,6 +922,28 @@ def status_cli_problem(
             table.stdout
         )
         _assert_no_secret(scene, got.stdout + table.stdout)
+
+    return run
+
+
+def hostfile_lists(hosts: Mapping[str, int], via: str = "controller") -> Step:
+    """``picluster hostfile`` on ``via`` (issue 16) lists exactly ``hosts`` (hostname ->
+    engines), the controller first, one line each: with ``--slots engines`` their
+    engines, by default their cores (this machine's, every agent runs here), and with
+    ``--address`` their addresses. A stranger's node record is never a line."""
+
+    @step(f"`picluster hostfile` on {via} lists {dict(hosts)} and nothing else")
+    def run(scene: Scene) -> None:
+        order = sorted(hosts, key=lambda h: (h != "controller", h))
+        node = scene.node(via)
+        got = node.cli("hostfile", "--slots", "engines", check=False)
+        assert got.returncode == 0, got.stderr
+        assert got.stdout.splitlines() == [f"{h}.local slots={hosts[h]}" for h in order], got
+        got = node.cli("hostfile", "--address", check=False)
+        cores = os.cpu_count()
+        wanted = [f"{scene.node(h).host.address} slots={cores}" for h in order]
+        assert got.returncode == 0 and got.stdout.splitlines() == wanted, got
+        _assert_no_secret(scene, got.stdout + got.stderr)
 
     return run
 

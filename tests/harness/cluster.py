@@ -44,6 +44,10 @@ class Node:
     root: Path
     proc: subprocess.Popen[bytes] | None = None
     hostname: str = ""
+    """The node's key in the cluster, and the name its card was given."""
+    boot_name: str = ""
+    """The hostname the card boots with, when it is not ``hostname``: an unnamed card
+    (``raspberrypi``) that names itself, as the image's own card does."""
 
     @property
     def config(self) -> Path:
@@ -61,21 +65,38 @@ class Node:
     def log(self) -> Path:
         return self.root / "agent.log"
 
+    @property
+    def etc(self) -> Path:
+        """This card's own /etc/hostname and /etc/hosts (``picluster name`` writes them)."""
+        return self.root / "etc"
+
+    def current_name(self) -> str:
+        """The name the card has now: the one it gave itself, else the one it was given."""
+        try:
+            return (self.etc / "hostname").read_text().strip() or self.hostname
+        except OSError:
+            return self.hostname
+
     def start(self) -> None:
         env = dict(os.environ)
         env.pop("PICLUSTER_HOSTNAME", None)
+        env["PICLUSTER_ETC_DIR"] = str(self.etc)
         # What the unit's ExecStartPre=+ does (the reservation is per network namespace).
         self.host.run(
             sys.executable, "-m", "picluster", "reserve-ports", "--config", str(self.config),
             check=False,
         )  # fmt: skip
+        paths = ["--config", str(self.config), "--secret", str(self.secret),
+                 "--state-dir", str(self.state_dir)]  # fmt: skip
+        # Boot: the kernel starts with the card's name, then the unit's ExecStartPre=-+
+        # (picluster name, whose failure is the agent's to explain), then the agent.
+        script = (
+            'hostname "$0" || exit 1; py=$1; shift; '
+            '"$py" -m picluster name "$@"; exec "$py" -m picluster agent "$@"'
+        )
         argv = [
-            "ip", "netns", "exec", self.host.ns,
-            "unshare", "--uts", "--",
-            "sh", "-c", 'hostname "$0" && exec "$@"', self.hostname,
-            sys.executable, "-m", "picluster", "agent",
-            "--config", str(self.config), "--secret", str(self.secret),
-            "--state-dir", str(self.state_dir),
+            "ip", "netns", "exec", self.host.ns, "unshare", "--uts", "--",
+            "sh", "-c", script, self.boot_name or self.hostname, sys.executable, *paths,
         ]  # fmt: skip
         with self.log.open("ab") as log:
             self.proc = subprocess.Popen(
@@ -170,10 +191,23 @@ class Cluster:
         config: str = "",
         secret: bytes | None = None,
         start: bool = True,
+        boot_name: str = "",
+        mac: str = "",
     ) -> Node:
+        """A card: ``hostname`` keys it here (and names it, unless it boots as
+        ``boot_name``); ``mac`` is its wired port's MAC (a card without a board
+        serial names itself after it)."""
         host = self.lan.add_host(hostname)
-        node = Node(host, self.workdir / hostname, hostname=hostname)
+        if mac:
+            host.run("ip", "link", "set", "eth0", "down")
+            host.run("ip", "link", "set", "eth0", "address", mac)
+            host.run("ip", "link", "set", "eth0", "up")
+        node = Node(host, self.workdir / hostname, hostname=hostname, boot_name=boot_name)
         node.root.mkdir(parents=True)
+        node.etc.mkdir()
+        (node.etc / "hosts").write_text(
+            f"127.0.0.1\tlocalhost\n127.0.1.1\t{boot_name or hostname}\n"
+        )
         node.config.write_text(textwrap.dedent(config))
         if secret is not None:
             secret_mod.write(node.secret, secret)

@@ -73,6 +73,14 @@ def test_boot_partition_has_firmware_kernel_and_seed_examples(built_image, image
     assert "root=LABEL=rootfs" in read("cmdline.txt")
     assert "instance-id:" in read("meta-data")
     assert read("user-data").startswith("#cloud-config")
+    # The image's own seed names no card: every card flashed with it names itself.
+    live = [
+        line.split(":", 1)[0]
+        for name in ("meta-data", "user-data")
+        for line in read(name).splitlines()
+        if line and not line.lstrip().startswith("#")
+    ]
+    assert not {"hostname", "local-hostname", "fqdn", "users"} & set(live), live
     assert "kernel=vmlinuz" in read("config.txt")
     fsck = subprocess.run(["fsck.vfat", "-n", image_root[2][0]], capture_output=True, text=True)
     assert fsck.returncode == 0, fsck.stdout + fsck.stderr
@@ -141,6 +149,14 @@ def test_deploy_outputs(built_image):
     assert manifest["venv"]["ipyparallel"].startswith("9.")
     assert "stage-cluster (pi-gen contract)" in manifest["step_seconds"]
     print(json.dumps(manifest["sizes_bytes"]), built_image.xz.stat().st_size)
+    # What Raspberry Pi Imager 2.x needs to offer its customisation for this image.
+    imager = json.loads(built_image.xz.parent.joinpath("picluster.rpi-imager-manifest").read_text())
+    (entry,) = imager["os_list"]
+    assert entry["url"] == built_image.xz.resolve().as_uri()
+    assert entry["init_format"] == "cloudinit-rpi"
+    assert entry["image_download_size"] == built_image.xz.stat().st_size
+    raw_line = next(line for line in sums.splitlines() if line.endswith("  picluster.img"))
+    assert entry["extract_sha256"] == raw_line.split()[0]
 
 
 def test_seed_the_built_image(built_image, tmp_path, card):  # noqa: F811

@@ -28,7 +28,7 @@ CASES = [
     (["cards", "{absent}"], 78, "copy examples/cluster-manifest.toml"),
     (["cards", "{dir}"], 78, "cannot read (Is a directory)"),
     (["cards", "{binary}"], 78, "not UTF-8 text"),
-    (["lint", "{text}"], 78, "not a directory"),
+    (["lint", "{text}"], 78, "no MBR partition table"),
     (["lint", "{absent}"], 78, ""),
     (["seed", "{absent}", "--card", "{card}", "--output", "{out}"], 1, "no such image file"),
     (["seed", "{text}", "--card", "{dir}", "--output", "{out}"], 1, "missing user-data"),

@@ -64,6 +64,7 @@ def test_pigen_is_pinned_to_the_arm64_release_tag():
         ("LOCALE_DEFAULT='en_GB.UTF-8 $(id)'\n", "not a locale name"),
         ("KEYBOARD_KEYMAP='gb\nrm -rf /'\n", "not a keymap name"),
         ('TARGET_HOSTNAME="Not A Hostname!"\n', "must be a DNS label"),
+        ("TARGET_HOSTNAME=node\n", "to name itself. Fix: TARGET_HOSTNAME=raspberrypi"),
         ("FIRST_USER_NAME=root\n", "FIRST_USER_NAME='root': must be a Linux user name"),
         ("DISABLE_FIRST_BOOT_USER_RENAME=1\n", "Fix: set DISABLE_FIRST_BOOT_USER_RENAME=0"),
         ("PUBKEY_ONLY_SSH=1\n", "Fix: set PUBKEY_ONLY_SSH=0"),

@@ -59,6 +59,8 @@ def test_good_seed_is_clean(seed):
 
 
 RULE_IDS = {
+    "apt",
+    "cmdline",
     "config",
     "encoding",
     "header",
@@ -67,13 +69,16 @@ RULE_IDS = {
     "missing-file",
     "network",
     "no-effect",
+    "packages",
     "password",
     "role",
+    "runcmd",
     "schema",
     "secret",
     "secret-mode",
     "ssh-key",
     "tabs",
+    "user",
     "wifi-country",
     "yaml",
 }
@@ -157,12 +162,36 @@ def test_missing_files(seed):
     assert {f.file.name for f in found} == {"meta-data", "user-data"}
 
 
-@pytest.mark.parametrize("key", ["packages:\n- htop\n", "package_update: true\n"])
+@pytest.mark.parametrize(
+    "key", ["packages:\n- htop\n", "package_update: true\n", "packages: [avahi-daemon, htop]\n"]
+)
 def test_network_install_warning(seed, key):
     (seed / "user-data").write_text((seed / "user-data").read_text() + key)
     f = only(seed, "no-effect")
     assert f.severity == "warning" and "network at first boot" in f.message
     assert f.line == line_of(seed, "user-data", key.split(":")[0] + ":")
+
+
+def test_packages_already_in_the_image_are_info(seed):
+    (seed / "user-data").write_text(
+        (seed / "user-data").read_text() + "packages:\n- avahi-daemon\n"
+    )
+    assert problems(seed, "no-effect") == []
+    (info,) = [f for f in lint.lint_dir(seed) if f.rule == "packages"]
+    assert info.line == line_of(seed, "user-data", "packages:")
+    assert "avahi-daemon is already in the picluster image" in info.message
+    assert "'apt-get update'" in info.message and "Internet" in info.message
+
+
+def test_apt_conf_that_keeps_the_sources_is_info(seed):
+    apt = 'apt:\n  preserve_sources_list: true\n  conf: |\n    Acquire { Check-Date "false"; };\n'
+    (seed / "user-data").write_text((seed / "user-data").read_text() + apt)
+    assert problems(seed, "no-effect") == []
+    (info,) = [f for f in lint.lint_dir(seed) if f.rule == "apt"]
+    assert "Check-Date" in info.message and "sources stay as built" in info.message
+    # Without preserve_sources_list: true cloud-init rewrites sources.list: still a warning.
+    edit(seed, "user-data", "preserve_sources_list: true", "preserve_sources_list: false")
+    assert only(seed, "no-effect").message.startswith("'apt':")
 
 
 def test_apt_and_snap_do_nothing(seed):
@@ -180,8 +209,17 @@ def test_invalid_hostname(seed):
     assert all("RFC 1123" in f.message for f in found)
 
 
-def test_unassigned_hostname_role(seed):
+def test_unassigned_hostname_names_itself(seed):
     edit(seed, "user-data", "hostname: engine-1", "hostname: raspberrypi")
+    assert not problems(seed, "role")
+    (info,) = [f for f in lint.lint_dir(seed) if f.rule == "role"]
+    assert info.message.startswith("engine: 'raspberrypi' matches 'raspberrypi'")
+    assert "names itself engine-<last 6 hex digits of its board serial>" in info.message
+
+
+def test_unassigned_hostname_without_self_name_joins_nothing(seed):
+    edit(seed, "user-data", "hostname: engine-1", "hostname: raspberrypi")
+    edit(seed, "user-data", 'name = "lab"', 'name = "lab"\n    [roles]\n    self_name = ""')
     f = only(seed, "role")
     assert f.severity == "error" and "joins no cluster" in f.message
 
@@ -228,16 +266,54 @@ def test_seed_file_readable_by_others_on_host(seed):
     assert f.severity == "warning" and "chmod 600" in f.message
 
 
-def test_ssh_password_auth(seed):
+def test_ssh_password_auth_is_a_warning(seed):
+    # Imager writes it for "use password authentication": a choice, not a broken card.
     edit(seed, "user-data", "ssh_pwauth: false", "ssh_pwauth: true")
     f = only(seed, "password")
-    assert f.line == line_of(seed, "user-data", "ssh_pwauth") and f.severity == "error"
+    assert f.line == line_of(seed, "user-data", "ssh_pwauth") and f.severity == "warning"
+    assert "public-key authentication only" in f.message
 
 
-@pytest.mark.parametrize("key", ["passwd", "plain_text_passwd", "hashed_passwd"])
-def test_user_password(seed, key):
+@pytest.mark.parametrize(
+    ("key", "why"),
+    [
+        ("passwd", "not a crypt hash"),
+        ("plain_text_passwd", "in clear text"),
+        ("hashed_passwd", "not a crypt hash"),
+    ],
+)
+def test_user_password(seed, key, why):
     edit(seed, "user-data", "  lock_passwd: true", f"  {key}: secret\n  lock_passwd: true")
-    assert f"users: '{key}' sets a password" in only(seed, "password").message
+    f = only(seed, "password")
+    assert f"users: '{key}' sets a password" in f.message and why in f.message
+    assert f.severity == "error"
+
+
+HASH = "$y$j9T$0123456789abcdef$0123456789abcdef0123456789abcdef01234567"
+
+
+@pytest.mark.parametrize("holder", ["users", "user"])
+def test_password_hash_is_info_not_error(seed, holder):
+    if holder == "user":
+        edit(seed, "user-data", "users:\n- name: pi", "user:\n  name: pi")
+    edit(seed, "user-data", "lock_passwd: true", f"lock_passwd: false\n  passwd: '{HASH}'")
+    assert problems(seed, "password") == []  # neither the hash nor lock_passwd: false
+    (info,) = [f for f in lint.lint_dir(seed) if f.rule == "password"]
+    assert info.severity == "info" and info.line == line_of(seed, "user-data", "  passwd:")
+    assert info.message.startswith(f"{holder}: 'passwd' is a password hash for 'pi'")
+
+
+def test_plain_password_under_singular_user_is_an_error(seed):
+    edit(seed, "user-data", "users:\n- name: pi", "user:\n  name: pi")
+    edit(seed, "user-data", "lock_passwd: true", "plain_text_passwd: raspberry")
+    f = only(seed, "password")
+    assert f.message.startswith("user: 'plain_text_passwd' sets a password in clear text")
+
+
+def test_bad_key_under_singular_user(seed):
+    edit(seed, "user-data", "users:\n- name: pi", "user:\n  name: pi")
+    edit(seed, "user-data", KEY, "ssh-rsa")
+    assert "the key itself is missing" in only(seed, "ssh-key").message
 
 
 def test_chpasswd(seed):

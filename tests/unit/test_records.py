@@ -1,3 +1,5 @@
+import dataclasses
+
 import pytest
 
 from picluster.records import (
@@ -14,7 +16,9 @@ from picluster.records import (
 )
 from picluster.secret import Keys
 
-CTL = ControllerRecord("lab", 47000, "9.2.0", "a1b2c3d4e5f6", "0123456789ab", False)
+CTL = ControllerRecord(
+    "lab", 47000, "9.2.0", "a1b2c3d4e5f6", "0123456789ab", False, "3.13", 8888, "token"
+)
 NODE = NodeRecord("engine-1", "engine", "lab", 4, 3, "running", "0123456789ab", "0.1.0")
 
 
@@ -46,7 +50,9 @@ def test_missing_and_malformed_fields():
 def test_txt_fits_one_packet_and_carries_no_key():
     size = sum(len(k) + len(v) + 2 for k, v in to_props(CTL).items())
     assert size < 200
-    assert set(CTL.encode()) == {"v", "cluster", "port", "ipp", "iid", "fp", "curve"}
+    assert set(CTL.encode()) == {
+        "v", "cluster", "port", "ipp", "iid", "fp", "curve", "py", "lab", "login"
+    }  # fmt: skip
 
 
 # -- the seal (issue 14): a MAC over every field, the addresses and the freshness ---------
@@ -54,7 +60,8 @@ def test_txt_fits_one_packet_and_carries_no_key():
 KEY = Keys.derive(bytes(range(32))).record_key
 OTHER_KEY = Keys.derive(bytes(32)).record_key
 ADDRS = ["10.0.0.5", "192.168.1.5"]
-SEALS = [(CTL, CONTROLLER_TYPE), (NODE, NODE_TYPE)]
+NAMING = dataclasses.replace(NODE, state="naming", hw="020000abcdef")
+SEALS = [(CTL, CONTROLLER_TYPE), (NODE, NODE_TYPE), (NAMING, NODE_TYPE)]
 
 
 def sealed(record, type_, key=KEY, port=47000, fresh=None):

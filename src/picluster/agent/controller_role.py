@@ -20,6 +20,7 @@ from picluster.agent.core import RoleSide
 from picluster.connection import engine_info
 from picluster.controller import ControllerProcess, instance_id
 from picluster.discovery import DuplicateName, Found, browse, lan_addresses, open_name
+from picluster.engines import python_minor
 from picluster.records import CONTROLLER_TYPE, ControllerRecord
 
 log = logging.getLogger(__name__)
@@ -52,6 +53,9 @@ class ControllerRole(RoleSide):
             iid=iid,
             fp=self.setup.keys.fingerprint,
             curve=cfg.cluster.curve,
+            py=python_minor(),
+            lab=cfg.jupyter.port if cfg.jupyter.enabled else 0,
+            login="password" if cfg.jupyter.password_hash else "token",
         )
 
     def _process(self) -> ControllerProcess:

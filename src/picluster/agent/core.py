@@ -174,6 +174,7 @@ class Node:
             state=self.status.state,
             fp=self.setup.keys.fingerprint,
             version=__version__,
+            cores=resolve_count("auto"),
         )
 
     def _write_status(self) -> None:

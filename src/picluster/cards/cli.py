@@ -114,21 +114,35 @@ def cmd_cards(args: argparse.Namespace) -> int:
 def cmd_lint(args: argparse.Namespace) -> int:
     console = Console()
     dirs: list[Path] = []
+    images: list[Path] = []
     for path in args.seed_dir:
-        if not path.is_dir():
-            _err(f"{path}: not a directory. Fix: give a seed folder (with user-data, meta-data)")
+        if path.is_dir():
+            found = lint.seed_dirs(path)
+            if not found:
+                _err(f"{path}: holds no user-data/meta-data, nor folders that do")
+                return EX_CONFIG
+            dirs += found
+        elif path.is_file() or path.is_block_device():
+            images.append(path)  # an image or a card: its boot partition is read below
+        else:
+            _err(
+                f"{path}: no such folder or image. Fix: give a seed folder (with user-data, "
+                "meta-data), a mounted boot partition, or an image file"
+            )
             return EX_CONFIG
-        found = lint.seed_dirs(path)
-        if not found:
-            _err(f"{path}: holds no user-data/meta-data, nor folders that do")
-            return EX_CONFIG
-        dirs += found
     findings = [f for d in dirs for f in lint.lint_dir(d)]
+    for image in images:
+        try:
+            findings += lint.lint_image(image)
+        except bootfs.BootfsError as exc:
+            _err(f"{exc} (lint also takes a seed folder or a mounted boot partition)")
+            return EX_CONFIG
     _print_findings(findings, args.verbose, console)
     errors = sum(f.severity == lint.Severity.ERROR for f in findings)
     warnings = sum(f.severity == lint.Severity.WARNING for f in findings)
     console.print(
-        f"{len(dirs)} seed(s): {errors} errors, {warnings} warnings. {_schema_note()}",
+        f"{len(dirs) + len(images)} seed(s): {errors} errors, {warnings} warnings. "
+        f"{_schema_note()}",
         highlight=False,
     )
     return EX_FAIL if lint.has_errors(findings, args.strict) else 0
@@ -228,10 +242,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "lint",
         help="check NoCloud seed folders before flashing",
-        description="Check seed folders (or a folder of seed folders) with picluster's "
-        "rules and, when the cloudinit module is installed, cloud-init's schema.",
+        description="Check seed folders (or a folder of seed folders, or a card's mounted "
+        "boot partition, with its cmdline.txt) with picluster's rules and, when the cloudinit "
+        "module is installed, cloud-init's schema. An image file (.img) or a card device is "
+        "read without mounting (mtools).",
     )
-    p.add_argument("seed_dir", type=Path, nargs="+", help="seed folder(s)")
+    p.add_argument(
+        "seed_dir", type=Path, nargs="+", help="seed folder(s), boot partition(s) or image(s)"
+    )
     p.add_argument("--strict", action="store_true", help="fail on warnings too")
     p.add_argument("--verbose", "-v", action="store_true", help="also show info findings")
     p.set_defaults(func=cmd_lint)

@@ -17,9 +17,14 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import dataclasses
+import re
+import shutil
 import stat
+import tempfile
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -29,6 +34,7 @@ import yaml
 from picluster import config as runtime_config
 from picluster import roles
 from picluster import secret as cluster_secret
+from picluster.cards import bootfs
 from picluster.cards.manifest import key_problem
 from picluster.cards.seeds import CONFIG_PATH, SECRET_PATH, SEED_FILES
 from picluster.findings import Finding, Level
@@ -59,6 +65,26 @@ DOES_NOTHING: dict[str, str] = {
     "byobu_by_default": "byobu is not in the image: does nothing",
 }
 PASSWORD_KEYS = ("passwd", "hashed_passwd", "plain_text_passwd", "password")
+HASH_KEYS = ("passwd", "hashed_passwd")
+"""Keys cloud-init reads as a crypt(3) hash, never as the password itself."""
+_CRYPT_HASH = re.compile(r"^\$[0-9a-z]+\$\S+\$\S+$")
+"""'$y$j9T$salt$hash' (yescrypt, what Raspberry Pi Imager writes for trixie), '$6$...', ..."""
+
+IMAGE_PACKAGES = frozenset({"avahi-daemon", "libnss-mdns", "openssh-server", "python3", "sudo"})
+"""Packages every picluster image holds (Raspberry Pi OS stage2 and the debian base both
+install them; stage-cluster adds python3, avahi-daemon, libnss-mdns): asking cloud-init
+for them installs nothing."""
+APT_LOCAL_KEYS = frozenset(
+    {"conf", "preserve_sources_list", "proxy", "http_proxy", "https_proxy", "ftp_proxy"}
+)
+"""``apt:`` keys that only write apt.conf. With ``preserve_sources_list: true`` (cloud-init's
+default is false, which regenerates sources.list) the image's sources stay as built."""
+
+CMDLINE = "cmdline.txt"
+"""The kernel command line on the boot partition: the firmware reads its first line only."""
+_DS_NOCLOUD = re.compile(r"(?:^|\s)(ds=nocloud(?:-net)?(?:;\S*)?)(?=\s|$)")
+_IMAGER_ID = re.compile(r"^rpi-imager-(\d{12,14})$")
+"""Raspberry Pi Imager 2.x's instance-id: ``rpi-imager-<milliseconds since 1970>``."""
 
 _FILES = ("meta-data", "user-data", "network-config")
 """The seed files lint reads, in the order it reads them."""
@@ -206,6 +232,50 @@ class _Seed:
         return list(_items(found[1] if found else None))
 
     @cached_property
+    def default_user(self) -> yaml.Node | None:
+        """The singular ``user:`` mapping (Raspberry Pi Imager's), laid over cloud-init's
+        default user: the image's first user."""
+        found = self.user_key("user")
+        return found[1] if found and isinstance(found[1], yaml.MappingNode) else None
+
+    @cached_property
+    def accounts(self) -> list[tuple[str, yaml.Node]]:
+        """Every user entry with the key it stands under: ``users`` items, then ``user``."""
+        out = [("users", node) for node in self.users]
+        if self.default_user is not None:
+            out.append(("user", self.default_user))
+        return out
+
+    @cached_property
+    def instance_id(self) -> tuple[int, str] | None:
+        """meta-data's ``instance-id``, with its line."""
+        meta = self.mapping("meta-data")
+        found = _get(meta[1], "instance-id") if meta else None
+        value = _scalar(found[1]) if found else None
+        return (_line(found[0]), value) if found and value else None  # type: ignore[index]
+
+    @cached_property
+    def cmdline(self) -> list[str] | None:
+        """cmdline.txt's lines, when the folder is a boot partition that has one."""
+        try:
+            text = (self.dir / CMDLINE).read_text(encoding="utf-8", errors="replace")
+        except (FileNotFoundError, IsADirectoryError):
+            return None
+        return text.splitlines() or [""]
+
+    @cached_property
+    def nocloud(self) -> tuple[str, dict[str, str]] | None:
+        """The ``ds=nocloud;...`` word of cmdline.txt's first line and its fields (i=, s=, h=)."""
+        found = _DS_NOCLOUD.search(self.cmdline[0]) if self.cmdline else None
+        if found is None:
+            return None
+        word = found.group(1)
+        fields = dict(
+            item.partition("=")[::2] for item in word.split(";")[1:] if item and "=" in item
+        )
+        return word, fields
+
+    @cached_property
     def meta_hostname(self) -> tuple[int, str] | None:
         """meta-data's ``local-hostname``, with its line."""
         meta = self.mapping("meta-data")
@@ -250,7 +320,9 @@ class _Seed:
         return out
 
     @cached_property
-    def role(self) -> tuple[str, int, roles.Decision | roles.RoleError] | None:
+    def role(
+        self,
+    ) -> tuple[str, int, roles.Decision | roles.SelfNaming | roles.RoleError] | None:
         """The role of a valid hostname under the last cluster.toml that parses (or defaults)."""
         if self.hostname is None or not _valid_hostname(self.hostname[2]):
             return None
@@ -258,7 +330,7 @@ class _Seed:
         parsed = [c for _, c in self.configs if isinstance(c, runtime_config.Config)]
         cfg = parsed[-1] if parsed else runtime_config.Config()
         try:
-            return name, line, roles.decide(hostname, cfg)
+            return name, line, roles.self_naming(hostname, cfg) or roles.decide(hostname, cfg)
         except roles.RoleError as exc:
             return name, line, exc
 
@@ -382,7 +454,7 @@ def _is_config_layer(path: str) -> bool:
 
 
 def _role(seed: _Seed) -> Iterator[_Hit]:
-    if seed.role and isinstance(seed.role[2], roles.Decision):
+    if seed.role and isinstance(seed.role[2], roles.Decision | roles.SelfNaming):
         yield seed.role[0], seed.role[1], {"role": seed.role[2].explain(CONFIG_PATH)}
 
 
@@ -406,16 +478,130 @@ def _top_level_keys(seed: _Seed) -> Iterator[yaml.Node]:
             yield key
 
 
+def _image_packages(seed: _Seed) -> list[str] | None:
+    """``packages:`` when every entry is a plain name the image already holds, else None."""
+    found = seed.user_key("packages")
+    names = [_scalar(item) for item in _items(found[1] if found else None)]
+    if not names or not all(name in IMAGE_PACKAGES for name in names):
+        return None
+    return [str(name) for name in names]
+
+
 def _network_install(seed: _Seed) -> Iterator[_Hit]:
     for key in _top_level_keys(seed):
+        if str(key.value) == "packages" and _image_packages(seed) is not None:
+            continue  # the "packages" info says what that costs
         if str(key.value) in NETWORK_INSTALL_KEYS:
             yield "user-data", _line(key), {"key": key.value}
 
 
+def _packages_in_image(seed: _Seed) -> Iterator[_Hit]:
+    names = _image_packages(seed)
+    if names is not None:
+        key = seed.user_key("packages")[0]  # type: ignore[index]
+        yield "user-data", _line(key), {"names": ", ".join(names)}
+
+
+def _apt_conf_only(seed: _Seed) -> tuple[yaml.Node, dict[str, Any]] | None:
+    """``apt:`` (key node, data) when it only writes apt.conf and keeps the image's sources."""
+    found = seed.user_key("apt")
+    user = seed.mapping("user-data")
+    apt = user[0].get("apt") if user else None
+    if found is None or not isinstance(apt, dict):
+        return None
+    if apt.get("preserve_sources_list") is not True or not set(apt) <= APT_LOCAL_KEYS:
+        return None
+    return found[0], apt
+
+
 def _does_nothing(seed: _Seed) -> Iterator[_Hit]:
     for key in _top_level_keys(seed):
+        if str(key.value) == "apt" and _apt_conf_only(seed) is not None:
+            continue  # only apt.conf: the "apt" info says what it does
         if why := DOES_NOTHING.get(str(key.value)):
             yield "user-data", _line(key), {"key": key.value, "why": why}
+
+
+def _apt_conf(seed: _Seed) -> Iterator[_Hit]:
+    found = _apt_conf_only(seed)
+    if found is None:
+        return
+    key, apt = found
+    conf = str(apt.get("conf") or "")
+    # Imager's one setting: a Pi has no clock, and until NTP has set it apt would
+    # refuse package lists that look "not valid yet".
+    what = (
+        'Acquire::Check-Date "false" (apt accepts package lists while a Pi without a '
+        "clock still has the wrong date)"
+        if "check-date" in conf.lower()
+        else "apt.conf settings"
+    )
+    yield "user-data", _line(key), {"what": what}
+
+
+def _user_name(seed: _Seed) -> str | None:
+    node = seed.default_user
+    return _scalar((_get(node, "name") or (None, None))[1]) if node is not None else None
+
+
+def _default_user(seed: _Seed) -> Iterator[_Hit]:
+    found = seed.user_key("user")
+    if found is None or seed.default_user is None:
+        return
+    name = _user_name(seed)
+    keys = _get(seed.default_user, "ssh_authorized_keys")
+    count = len(list(_items(keys[1] if keys else None)))
+    login = f"{count} SSH key(s)" if count else "no SSH key (console login only)"
+    if name is None:
+        what = f"changes the image's first user (uid 1000), which keeps its name, with {login}"
+        debian = ""
+    else:
+        what = (
+            f"makes {name!r} the card's first user, with the image's groups and {login}: "
+            f"Raspberry Pi OS renames the image's first user (uid 1000) to {name!r}"
+        )
+        # Debian's cloud-init has no rename: it adds the user beside uid 1000.
+        debian = (
+            f". On a Debian-base image cloud-init adds {name!r} as a new user instead; "
+            f'set [jupyter] user = "{name}" there'
+        )
+    yield "user-data", _line(found[0]), {"what": what, "debian": debian}
+
+
+_RUNCMD_KNOWN: tuple[tuple[re.Pattern[str], str], ...] = (
+    (
+        re.compile(r"^systemctl enable (--now )?(ssh|sshd)(\.service)?$"),
+        "enables and starts sshd, which the picluster image already does: harmless",
+    ),
+    (re.compile(r"NOPASSWD"), "lets the user sudo without a password"),
+    (re.compile(r"^(chmod 0?440 /etc/sudoers\.d/)"), ""),  # the line after the one above
+    (re.compile(r"rfkill unblock wifi|:wlan"), "unblocks Wi-Fi"),
+    (re.compile(r"rpi-connect"), "sets up Raspberry Pi Connect (it needs the Internet)"),
+)
+
+
+def _command(item: yaml.Node) -> str:
+    if isinstance(item, yaml.SequenceNode):
+        return " ".join(str(_scalar(word) or "") for word in item.value).strip()
+    return str(_scalar(item) or "").strip()
+
+
+def _runcmd(seed: _Seed) -> Iterator[_Hit]:
+    found = seed.user_key("runcmd")
+    if found is None:
+        return
+    commands = [_command(item) for item in _items(found[1])]
+    said: list[str] = []
+    other = 0
+    for command in commands:
+        what = next((w for pattern, w in _RUNCMD_KNOWN if pattern.search(command)), None)
+        if what is None:
+            other += 1
+        elif what and what not in said:
+            said.append(what)
+    if other:
+        said.append(f"{other} more that lint does not check")
+    yield "user-data", _line(found[0]), {"count": len(commands), "what": "; ".join(said)}
 
 
 def _ssh_pwauth(seed: _Seed) -> Iterator[_Hit]:
@@ -431,23 +617,54 @@ def _password_keys(seed: _Seed) -> Iterator[_Hit]:
             yield "user-data", _line(found[0]), {"key": key}
 
 
+def _is_hash(node: yaml.Node | None) -> bool:
+    value = _scalar(node)
+    return value is not None and _CRYPT_HASH.match(value) is not None
+
+
+def _hashed(user: yaml.Node) -> yaml.Node | None:
+    """The key node of a ``passwd``/``hashed_passwd`` that holds a crypt hash."""
+    for key in HASH_KEYS:
+        found = _get(user, key)
+        if found and _is_hash(found[1]):
+            return found[0]
+    return None
+
+
 def _user_passwords(seed: _Seed) -> Iterator[_Hit]:
-    for user in seed.users:
+    for where, user in seed.accounts:
         for key in PASSWORD_KEYS:
-            if found := _get(user, key):
-                yield "user-data", _line(found[0]), {"key": key}
+            found = _get(user, key)
+            if found is None or (key in HASH_KEYS and _is_hash(found[1])):
+                continue
+            problem = (
+                "that is not a crypt hash ('$y$...', '$6$...'): cloud-init stores it as the "
+                "hash, so no password ever matches"
+                if key in HASH_KEYS
+                else "in clear text, readable by anyone holding the card"
+            )
+            yield "user-data", _line(found[0]), {"where": where, "key": key, "problem": problem}
+
+
+def _password_hash(seed: _Seed) -> Iterator[_Hit]:
+    for where, user in seed.accounts:
+        if (key := _hashed(user)) is not None:
+            name = _scalar((_get(user, "name") or (None, None))[1])
+            name = repr(name) if name else "the first user"
+            yield "user-data", _line(key), {"where": where, "key": key.value, "name": name}
 
 
 def _lock_passwd_false(seed: _Seed) -> Iterator[_Hit]:
-    for user in seed.users:
+    for _, user in seed.accounts:
         lock = _get(user, "lock_passwd")
-        if lock and _scalar(lock[1]) in ("false", "False", "no"):
+        # Unlocked with a password hash is how a password is set (the "password" info).
+        if lock and _scalar(lock[1]) in ("false", "False", "no") and _hashed(user) is None:
             yield "user-data", _line(lock[1]), {}
 
 
 def _bad_ssh_keys(seed: _Seed) -> Iterator[_Hit]:
     user = seed.mapping("user-data")
-    for holder in [user[1], *seed.users] if user else []:
+    for holder in [user[1], *(node for _, node in seed.accounts)] if user else []:
         found = _get(holder, "ssh_authorized_keys")
         for item in _items(found[1] if found else None):
             key = _scalar(item)
@@ -501,6 +718,61 @@ def _schema(seed: _Seed) -> Iterator[_Hit]:
         return
     for path, message in validate(user[0]):
         yield "user-data", _path_line(user[1], path), {"path": path, "error": message}
+
+
+def _imager_instance_id(seed: _Seed) -> Iterator[_Hit]:
+    if seed.instance_id and (found := _IMAGER_ID.match(seed.instance_id[1])):
+        when = datetime.fromtimestamp(int(found.group(1)) / 1000, UTC)
+        yield (
+            "meta-data",
+            seed.instance_id[0],
+            {
+                "iid": seed.instance_id[1],
+                "when": when.strftime("%Y-%m-%d %H:%M UTC"),
+            },
+        )
+
+
+def _cmdline_split(seed: _Seed) -> Iterator[_Hit]:
+    for number, line in enumerate(seed.cmdline or [], 1):
+        if number > 1 and line.strip():
+            yield CMDLINE, number, {"line": number}
+            return
+
+
+def _cmdline_no_root(seed: _Seed) -> Iterator[_Hit]:
+    if seed.cmdline is not None and not any(
+        word.startswith("root=") for word in seed.cmdline[0].split()
+    ):
+        yield CMDLINE, 1, {}
+
+
+def _cmdline_nocloud(seed: _Seed) -> Iterator[_Hit]:
+    if seed.nocloud is None:
+        return
+    word, fields = seed.nocloud
+    said = []
+    if "instance-id" in fields or "i" in fields:
+        said.append(
+            f"instance-id {fields.get('i') or fields['instance-id']!r}, which wins over "
+            "meta-data's (Raspberry Pi Imager adds it)"
+        )
+    if seed_from := fields.get("s") or fields.get("seedfrom"):
+        mine = seed_from.rstrip("/") in ("file:///boot/firmware", "/boot/firmware")
+        said.append(
+            f"the seed read from {seed_from}" + ("" if mine else ", not from this boot partition")
+        )
+    what = " and ".join(said) if said else "the seed on this boot partition"
+    yield CMDLINE, 1, {"word": word, "what": what}
+
+
+def _cmdline_id_differs(seed: _Seed) -> Iterator[_Hit]:
+    if seed.nocloud is None or seed.instance_id is None:
+        return
+    word, fields = seed.nocloud
+    kernel = fields.get("i") or fields.get("instance-id")
+    if kernel and kernel != seed.instance_id[1]:
+        yield CMDLINE, 1, {"word": word, "kernel": kernel, "meta": seed.instance_id[1]}
 
 
 def _network_version(seed: _Seed) -> Iterator[_Hit]:
@@ -659,6 +931,54 @@ RULES: tuple[Rule, ...] = (
         example={"meta-data": "instance-id: ''\n"},
     ),
     Rule(
+        id="instance-id",
+        level=Level.INFO,
+        message="instance-id {iid!r} was written by Raspberry Pi Imager ({when}): cloud-init "
+        "applies this seed once, on the first boot with that id",
+        fix="",
+        check=_imager_instance_id,
+        example={"meta-data": "instance-id: rpi-imager-1766421912345\n"},
+    ),
+    Rule(
+        id="cmdline",
+        level=Level.ERROR,
+        message="cmdline.txt continues on line {line}: the firmware reads only the first line, "
+        "so the kernel never sees the rest",
+        fix="join it into one line, words separated by spaces",
+        check=_cmdline_split,
+        example={"cmdline.txt": "console=tty1 root=LABEL=rootfs\nrootwait\n"},
+    ),
+    Rule(
+        id="cmdline",
+        level=Level.ERROR,
+        message="cmdline.txt has no root= on its first line: the kernel cannot find the root "
+        "file system and the Pi does not boot",
+        fix="restore the line the image came with (e.g. 'console=tty1 root=PARTUUID=<id>-02 "
+        "rootfstype=ext4 fsck.repair=yes rootwait'; a freshly flashed card has it)",
+        check=_cmdline_no_root,
+        example={"cmdline.txt": "console=tty1 rootwait\n"},
+    ),
+    Rule(
+        id="cmdline",
+        level=Level.INFO,
+        message="cmdline.txt: '{word}' tells cloud-init to use NoCloud with {what}",
+        fix="",
+        check=_cmdline_nocloud,
+        example={"cmdline.txt": "root=LABEL=rootfs rootwait ds=nocloud;i=rpi-imager-1766421912345"},
+    ),
+    Rule(
+        id="cmdline",
+        level=Level.WARNING,
+        message="meta-data's instance-id {meta!r} is not the one cloud-init uses: cmdline.txt's "
+        "'{word}' wins, so a card that already booted as {kernel!r} ignores this seed",
+        fix="set i={meta} in cmdline.txt (or remove '{word}' from it)",
+        check=_cmdline_id_differs,
+        example={
+            "meta-data": "instance-id: picluster-lab-controller-1\n",
+            "cmdline.txt": "root=LABEL=rootfs ds=nocloud;i=rpi-imager-1766421912345",
+        },
+    ),
+    Rule(
         id="no-effect",
         level=Level.WARNING,
         message="'{key}': installs from the network at first boot, which fails or hangs on a "
@@ -666,6 +986,28 @@ RULES: tuple[Rule, ...] = (
         fix="remove it; bake packages into the image (stage-cluster) instead",
         check=_network_install,
         example={"user-data": "#cloud-config\npackages: [htop]\n"},
+    ),
+    Rule(
+        id="packages",
+        level=Level.INFO,
+        message="'packages': {names} is already in the picluster image, so nothing is "
+        "installed; but cloud-init first runs 'apt-get update' late in the first boot, which "
+        "needs the Internet then: without it cloud-init reports an error, and the card joins "
+        "the cluster all the same",
+        fix="",
+        check=_packages_in_image,
+        example={"user-data": "#cloud-config\npackages:\n- avahi-daemon\n"},
+    ),
+    Rule(
+        id="apt",
+        level=Level.INFO,
+        message="'apt': only writes {what}; the image's package sources stay as built",
+        fix="",
+        check=_apt_conf,
+        example={
+            "user-data": "#cloud-config\napt:\n  preserve_sources_list: true\n  conf: |\n"
+            '    Acquire { Check-Date "false"; };\n'
+        },
     ),
     Rule(
         id="no-effect",
@@ -677,9 +1019,13 @@ RULES: tuple[Rule, ...] = (
     ),
     Rule(
         id="password",
-        level=Level.ERROR,
-        message="ssh_pwauth enables SSH password login on every card",
-        fix="ssh_pwauth: false and log in with keys",
+        level=Level.WARNING,
+        # A warning, not an error: Raspberry Pi Imager writes it when you choose password
+        # authentication for SSH, and such a card works; it is just not key-only.
+        message="ssh_pwauth: true allows SSH logins with a password on this card, which "
+        "anyone on the LAN can try; the picluster image is key-only otherwise",
+        fix="ssh_pwauth: false (in Imager: 'Allow public-key authentication only') and log in "
+        "with keys",
         check=_ssh_pwauth,
         example={"user-data": "#cloud-config\nssh_pwauth: true\n"},
     ),
@@ -694,10 +1040,41 @@ RULES: tuple[Rule, ...] = (
     Rule(
         id="password",
         level=Level.ERROR,
-        message="users: '{key}' sets a password",
+        message="{where}: '{key}' sets a password {problem}",
         fix="remove it, set lock_passwd: true and give ssh_authorized_keys",
         check=_user_passwords,
         example={"user-data": "#cloud-config\nusers:\n- name: pi\n  passwd: x\n"},
+    ),
+    Rule(
+        id="password",
+        level=Level.INFO,
+        message="{where}: '{key}' is a password hash for {name} (Raspberry Pi Imager writes one "
+        "when you type a password): it is for the console and sudo; SSH stays key-only unless "
+        "ssh_pwauth is true. A key-only cluster needs none: leave the password empty in Imager",
+        fix="",
+        check=_password_hash,
+        example={
+            "user-data": "#cloud-config\nuser:\n  name: alice\n  lock_passwd: false\n"
+            '  passwd: "$y$j9T$0123456789abcdef$0123456789abcdef0123456789abcdef01234567"\n'
+        },
+    ),
+    Rule(
+        id="user",
+        level=Level.INFO,
+        message="user: {what}; JupyterLab and ipp.Client() run as the first user "
+        '([jupyter] user = "" means uid 1000){debian}',
+        fix="",
+        check=_default_user,
+        example={"user-data": "#cloud-config\nuser:\n  name: alice\n"},
+    ),
+    Rule(
+        id="runcmd",
+        level=Level.INFO,
+        message="runcmd: {count} command(s) run once, as root, at the end of the first boot "
+        "(the picluster agent does not wait for them): {what}",
+        fix="",
+        check=_runcmd,
+        example={"user-data": "#cloud-config\nruncmd:\n- [systemctl, enable, --now, ssh]\n"},
     ),
     Rule(
         id="password",
@@ -772,7 +1149,11 @@ RULES: tuple[Rule, ...] = (
         message="{error}",
         fix="",
         check=_role_error,
-        example={"user-data": "#cloud-config\nhostname: raspberrypi\n"},
+        example={
+            "user-data": "#cloud-config\nhostname: raspberrypi\nwrite_files:\n"
+            "- path: /etc/picluster/cluster.toml\n  content: |\n"
+            '    [roles]\n    self_name = ""\n'
+        },
     ),
     Rule(
         id="role",
@@ -796,8 +1177,11 @@ RULES: tuple[Rule, ...] = (
     Rule(
         id="hostname",
         level=Level.WARNING,
-        message="no hostname: the card keeps the image's name and joins no cluster",
-        fix="add 'hostname: engine-1' (or controller)",
+        message=(
+            "no hostname: the card keeps the image's name, and names itself "
+            "engine-<board serial digits> at first boot unless [roles] self_name is empty"
+        ),
+        fix="add 'hostname: controller' (or 'engine-1') to choose its name",
         check=_no_hostname,
         example={"user-data": "#cloud-config\nssh_pwauth: false\n"},
     ),
@@ -880,6 +1264,47 @@ def lint_dir(directory: Path) -> list[Finding]:
     seed = _Seed(directory)
     findings = [finding for rule in RULES for finding in rule.findings(seed)]
     return sorted(findings, key=lambda f: (f.file.name if f.file else "", f.line))
+
+
+def lint_image(image: Path) -> list[Finding]:
+    """Lint the seed and cmdline.txt in partition 1 (the FAT bootfs) of an image file or a
+    card, read with mtools: no mounting, no root for a file. Findings name
+    ``IMAGE::file``, the way mtools names a file inside an image."""
+    if image.suffix == ".xz":
+        raise bootfs.BootfsError(
+            f"{image}: compressed. Fix: lint the card after flashing, the .img "
+            f"('xz -dk {image}'), or the seed folder it was made from"
+        )
+    if shutil.which("mtype") is None:
+        raise bootfs.BootfsError(f"{image}: reading it needs mtype. Fix: apt install mtools")
+    try:
+        part = bootfs.boot_partition(image)
+        with tempfile.TemporaryDirectory(prefix="picluster-lint-") as tmp:
+            folder = Path(tmp)
+            present = []
+            for name in (*SEED_FILES, CMDLINE):
+                try:
+                    data = bootfs.read_file(image, name, part)
+                except bootfs.BootfsError:
+                    continue  # mtype found no such file: the rules say what is missing
+                (folder / name).write_bytes(data)
+                (folder / name).chmod(0o600)  # as private as the card's own bootfs mount
+                present.append(name)
+            if not set(present) & set(SEED_FILES):
+                raise bootfs.BootfsError(
+                    f"{image}: its boot partition holds no user-data/meta-data. Fix: seed it "
+                    "('picluster seed', or Raspberry Pi Imager's customisation) first"
+                )
+            findings = lint_dir(folder)
+    except OSError as exc:
+        raise bootfs.BootfsError(
+            f"{image}: cannot read it ({exc.strerror or exc}). Fix: check the path; a card "
+            "needs read access (sudo, or lint its mounted boot partition instead)"
+        ) from None
+    return [
+        dataclasses.replace(f, file=Path(f"{image}::{f.file.name}")) if f.file else f
+        for f in findings
+    ]
 
 
 def seed_dirs(path: Path) -> list[Path]:

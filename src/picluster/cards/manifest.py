@@ -192,6 +192,9 @@ class Manifest(_Model):
     discovery: Literal["mdns", "static"] = "mdns"
     """"static": engines use the controller card's static address instead of mDNS."""
     engines: Annotated[int, Field(ge=0, le=MAX_ENGINES)] | None = None
+    cluster_ssh: bool | None = None
+    """false: no SSH between the cards with keys derived from the secret ([ssh]
+    cluster_login); unset = the image's (on)."""
     card: list[Card] = Field(default_factory=list)
 
     @field_validator("timezone")
@@ -366,4 +369,6 @@ def node_overrides(manifest: Manifest) -> dict[str, dict[str, Any]]:
     if manifest.user is not None:
         # Explicit, because the image's own first user (uid 1000) may be another one.
         data["jupyter"] = {"user": manifest.user}
+    if manifest.cluster_ssh is not None:
+        data["ssh"] = {"cluster_login": manifest.cluster_ssh}
     return data

@@ -205,8 +205,16 @@ def _build(
             sizes["xz"] = xz.stat().st_size
             outputs.insert(0, xz)
     with log.step("checksums + manifest"):
-        sums = deploy.checksums(deploy_dir, settings.img_name, [*outputs, raw])
+        sums, digests = deploy.checksums(deploy_dir, settings.img_name, [*outputs, raw])
         outputs.append(sums)
+        xz_out = deploy_dir / f"{raw.name}.xz"
+        if xz_out in outputs:
+            outputs.append(
+                deploy.imager_manifest(
+                    deploy_dir, settings.img_name, xz_out, raw, digests[raw],
+                    f"picluster image ({base} base, {settings.release}, arm64)",
+                )
+            )  # fmt: skip
         manifest = deploy.manifest(
             deploy_dir,
             settings.img_name,

@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import subprocess
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -46,10 +47,39 @@ def block_map(image: Path, deploy: Path, log: StepLog) -> Path:
     return out
 
 
-def checksums(deploy: Path, name: str, files: list[Path]) -> Path:
-    lines = [f"{sha256(f)}  {f.name}" for f in files if f.exists()]
+def checksums(deploy: Path, name: str, files: list[Path]) -> tuple[Path, dict[Path, str]]:
+    """``<name>.sha256`` over ``files`` (those that exist), and each file's digest."""
+    sums = {f: sha256(f) for f in files if f.exists()}
     out = deploy / f"{name}.sha256"
-    atomic_write_text(out, "\n".join(lines) + "\n")
+    atomic_write_text(out, "".join(f"{digest}  {f.name}\n" for f, digest in sums.items()))
+    return out, sums
+
+
+IMAGER_DEVICES = ["pi5-64bit", "pi4-64bit", "pi3-64bit"]
+"""Raspberry Pi Imager's names for the boards an arm64 trixie image boots on."""
+
+
+def imager_manifest(
+    deploy: Path, name: str, xz: Path, raw: Path, raw_sha256: str, description: str
+) -> Path:
+    """``<name>.rpi-imager-manifest``: what Raspberry Pi Imager 2.x needs to offer its
+    customisation (hostname, user and key, Wi-Fi) for this image. Opened in Imager
+    (double click, or ``rpi-imager --repo FILE``), it lists the image with
+    ``init_format: cloudinit-rpi``, the cloud-init seed that Raspberry Pi OS trixie
+    reads; a local ``.img.xz`` chosen with *Use custom* gets no customisation."""
+    entry = {
+        "name": name,
+        "description": description,
+        "url": xz.resolve().as_uri(),
+        "release_date": datetime.now(UTC).date().isoformat(),
+        "image_download_size": xz.stat().st_size,
+        "extract_size": raw.stat().st_size,
+        "extract_sha256": raw_sha256,
+        "init_format": "cloudinit-rpi",
+        "devices": IMAGER_DEVICES,
+    }
+    out = deploy / f"{name}.rpi-imager-manifest"
+    atomic_write_text(out, json.dumps({"os_list": [entry]}, indent=2) + "\n")
     return out
 
 

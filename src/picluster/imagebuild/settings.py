@@ -27,6 +27,7 @@ from pydantic import (
 )
 
 from picluster import config as config_mod
+from picluster import roles
 from picluster.errors import ConfigurationError
 from picluster.names import DnsLabel, LoginName
 
@@ -155,6 +156,19 @@ class Settings(BaseModel):
             raise ValueError(
                 "images carry no password: the first user is locked until a card seed gives "
                 "an SSH key (picluster cards) or Raspberry Pi Imager sets one. Remove it"
+            )
+        return value
+
+    @field_validator("target_hostname")
+    @classmethod
+    def _unassigned(cls, value: str) -> str:
+        # Every card flashed without a seed boots with this name: it must be one that
+        # makes the card name itself, or all of them would answer to the same name.
+        if not roles.is_unassigned(value, config_mod.Config()):
+            raise ValueError(
+                f"every card flashed without a seed boots as {value!r}, so it must be a name "
+                f"in [roles] unassigned ({', '.join(config_mod.RolesSection().unassigned)}) "
+                "for each card to name itself. Fix: TARGET_HOSTNAME=raspberrypi"
             )
         return value
 

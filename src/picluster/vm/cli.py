@@ -24,12 +24,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "boot",
         help="boot the image as a virtual cluster in QEMU (controller + engine VMs)",
         description="Boot deploy/<name>.img(.xz) as one controller VM and N engine VMs on a "
-        "private bridge in a new network namespace. Each VM gets its own card seed. "
+        "private bridge in a new network namespace, with a DHCP server on the bridge. Each "
+        "VM gets its own card seed, except --unseeded ones, which boot the image as built. "
         "Ctrl-C powers everything off and removes the namespace.",
     )
     p.add_argument("--image", type=Path, help="image (default: the last build's raw image)")
     p.add_argument("--secret", type=Path, help="the build's secret (default deploy/<name>.secret)")
-    p.add_argument("--engines", type=int, default=2, help="engine VMs (default 2)")
+    p.add_argument("--engines", type=int, default=2, help="seeded engine VMs (default 2)")
+    p.add_argument(
+        "--unseeded",
+        type=int,
+        default=0,
+        help="extra engine VMs that boot the image as built, with no card seed: they take "
+        "an address from the LAN's DHCP server and name themselves engine-<MAC> (default 0)",
+    )
     p.add_argument("--memory", type=int, default=1024, help="MiB per VM (default 1024)")
     p.add_argument("--cpus", type=int, default=2, help="vCPUs per VM (default 2)")
     p.add_argument("--port", type=int, default=8888, help="JupyterLab on 127.0.0.1:PORT")
@@ -63,8 +71,8 @@ def _table(cluster: BootCluster, registered: dict[str, int], elapsed: float) -> 
         phases = ("kernel", "booted", "ready")
         cells = [f"{vm.seen[p]:.0f} s" if p in vm.seen else "…" for p in phases]
         reg = registered.get(vm.name)
-        state = vm.state.summary() if vm.state else "no answer over ssh yet"
-        t.add_row(vm.name, cluster._lan_address(vm.index), *cells, str(reg) if reg else "…", state)
+        address = cluster.address(vm) or "DHCP …"
+        t.add_row(vm.name, address, *cells, str(reg) if reg else "…", vm.summary())
     return t
 
 
@@ -84,7 +92,8 @@ def cmd_boot(args: argparse.Namespace) -> int:
         image, secret, _ = _defaults(args)
         cluster = BootCluster(
             image=image, secret=secret, work=args.work_dir, engines=args.engines,
-            memory_mb=args.memory, cpus=args.cpus, log=lambda m: console.print(f"  {m}"),
+            unseeded=args.unseeded, memory_mb=args.memory, cpus=args.cpus,
+            log=lambda m: console.print(f"  {m}"),
         )  # fmt: skip
         cluster.prepare()
         cluster.start()
@@ -95,7 +104,8 @@ def cmd_boot(args: argparse.Namespace) -> int:
         with Live(_table(cluster, registered, 0), console=console, refresh_per_second=1) as live:
             while True:
                 elapsed = time.monotonic() - start
-                # Each VM's state comes from the VM itself (ssh), not its console.
+                # Each VM's state comes from the VM itself (ssh) or, for one without a
+                # seed, from the LAN (picluster status), never from its console.
                 if not cluster.observe():
                     registered = cluster.registered()
                 live.update(_table(cluster, registered, elapsed))

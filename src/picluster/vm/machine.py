@@ -2,7 +2,9 @@
 
 The kernel and initrd come out of the image's FAT partition (where
 raspi-firmware puts them for a real Pi), read with mtools, so the disk boots
-unmodified except for its card seed. Under TCG the CPU model matters:
+unmodified except for its card seed. The kernel command line is the card's own
+``cmdline.txt`` from that partition, as the Pi's firmware passes it, plus
+QEMU_CMDLINE (``kernel_cmdline``). Under TCG the CPU model matters:
 cortex-a72 avoids the costly pointer-authentication emulation of ``-cpu max``.
 The serial console goes to a log file that is kept when something fails.
 """
@@ -18,11 +20,25 @@ import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-KERNEL_CMDLINE = (
-    "root=LABEL=rootfs rootwait rw console=ttyAMA0,115200 "
-    "systemd.show_status=1 net.ifnames=0 fsck.repair=yes"
-)
+QEMU_CMDLINE = "console=ttyAMA0,115200"
+"""What ``-M virt`` needs beyond the card's cmdline.txt: its PL011 UART as the console
+(the last ``console=`` is /dev/console). The rest stays as the card has it. Its
+``root=`` is LABEL=rootfs (debian base) or PARTUUID=<disk id>-02 (pi-gen's export):
+the initrd's udev resolves both on virtio. Pi-only arguments (``console=serial0``,
+which the Pi firmware rewrites, ``cma=64M``, ``cfg80211.ieee80211_regdom=``) are
+ignored or harmless under ``virt``: a boot with them (and root=PARTUUID) prints no
+unknown-parameter warning and reaches multi-user. Raspberry Pi Imager's
+``ds=nocloud;i=<id>`` is "passed to user space" (the kernel says so, as on a Pi),
+where cloud-init reads it from /proc/cmdline."""
+
+
+def kernel_cmdline(cmdline_txt: str) -> str:
+    """The kernel command line for a card: its cmdline.txt (one line; the firmware
+    joins whitespace the same way) followed by QEMU_CMDLINE."""
+    return " ".join([*cmdline_txt.split(), QEMU_CMDLINE])
+
 
 # Serial-console markers, in boot order: (phase, pattern). Figures only: the
 # console shows what systemd and getty chose to print, not always every line.
@@ -131,6 +147,11 @@ class VM:
     serial_log: Path
     tap: str
     mac: str
+    cmdline: str
+    """The kernel command line (``kernel_cmdline`` of the card's cmdline.txt)."""
+    seeded: bool = True
+    """False: the image as built, no card seed: no ssh key, an address from DHCP and
+    a name it gives itself; observed from the LAN only."""
     memory_mb: int = 1024
     cpus: int = 2
     cpu: str = "cortex-a72"
@@ -140,13 +161,17 @@ class VM:
     """Figures only: phase -> seconds after QEMU started (console markers, probes)."""
     state: VMState | None = None
     """What the VM last said about itself over ssh (this boot)."""
+    node: dict[str, Any] | None = None
+    """Its row in ``picluster status --json`` on the LAN (this boot), for a VM without ssh."""
+    boots: int = 0
+    """How many times QEMU was started for it."""
 
     def argv(self) -> list[str]:
         return [
             "qemu-system-aarch64",
             "-M", "virt", "-cpu", self.cpu, "-smp", str(self.cpus), "-m", str(self.memory_mb),
             "-accel", "tcg,thread=multi",
-            "-kernel", str(self.kernel), "-initrd", str(self.initrd), "-append", KERNEL_CMDLINE,
+            "-kernel", str(self.kernel), "-initrd", str(self.initrd), "-append", self.cmdline,
             "-drive", f"file={self.disk},format=raw,if=none,id=disk0,cache=unsafe",
             "-device", "virtio-blk-pci,drive=disk0",
             "-netdev", f"tap,id=net0,ifname={self.tap},script=no,downscript=no",
@@ -164,6 +189,8 @@ class VM:
         self.started = time.monotonic()
         self.seen.clear()
         self.state = None
+        self.node = None
+        self.boots += 1
         self.process = subprocess.Popen(
             [*wrap, *self.argv()],
             stdin=subprocess.DEVNULL,
@@ -194,6 +221,30 @@ class VM:
         for unit, at in state.reached.items():
             self.seen.setdefault(f"{unit} (VM clock)", at)
 
+    def observe_node(self, row: dict[str, Any] | None, registered: bool) -> None:
+        """Keep its status row (``None``: not on the LAN) and when it was first seen."""
+        if row is None:
+            return
+        self.node = row
+        now = time.monotonic() - self.started
+        marks = {"announced": True, "running": row.get("state") == "running",
+                 "engines registered": registered, "ready": registered}  # fmt: skip
+        for phase, reached in marks.items():
+            if reached and phase not in self.seen:
+                self.seen[phase] = now
+
+    def summary(self) -> str:
+        """What is known of this boot, in a few words."""
+        if self.seeded:
+            return self.state.summary() if self.state else "no answer over ssh"
+        if self.node is None:
+            return "not in 'picluster status' on the LAN"
+        got = self.node.get("registered")
+        return (
+            f"state {self.node.get('state')}, {got if got is not None else '?'} of "
+            f"{self.node.get('engines')} engines registered"
+        )
+
     def update_phases(self) -> dict[str, float]:
         text = self.serial()
         now = time.monotonic() - self.started
@@ -219,3 +270,9 @@ class VM:
 
 def mac_for(index: int) -> str:
     return f"52:54:00:21:30:{index:02x}"
+
+
+def self_name(mac: str) -> str:
+    """The name a card without one gives itself on a board without a serial number
+    (QEMU's virt): ``engine-`` and the last 6 hex digits of its wired MAC."""
+    return "engine-" + mac.replace(":", "").lower()[-6:]
