@@ -124,24 +124,22 @@ def client_file(ipdir: Path, profile: str) -> Path:
     return ipdir / f"profile_{profile}" / "security" / "ipcontroller-client.json"
 
 
-def write_client_file(path: Path, target: Target, keys: secret.Keys) -> None:
-    info = client_info(
-        target.address, target.base_port, keys, curve=target.curve, location=target.address
-    )
+def write_client_file(path: Path, info: dict[str, Any]) -> None:
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     atomic_write_text(path, dumps(info), mode=0o600)
 
 
-def check(path: Path, timeout: float) -> tuple[int, set[str]]:
-    """Connect with the file as ``ipp.Client`` will: how many engines answer, and the
-    Pythons they run (asked by source text, which any version can compile)."""
+def check(info: dict[str, Any], timeout: float) -> tuple[int, set[str]]:
+    """Connect with what the file will hold, as ``ipp.Client`` will: how many engines
+    answer, and the Pythons they run (asked by source text, which any version compiles)."""
     import ipyparallel as ipp
 
     try:
-        rc = ipp.Client(str(path), timeout=timeout)
+        rc = ipp.Client(dict(info), timeout=timeout)
     except Exception as exc:  # ipyparallel raises TimeoutError, OSError, zmq errors
         raise ConnectError(
-            f"the controller did not answer with {path} ({type(exc).__name__}: {exc}). "
+            f"the controller did not answer at {info['location']} "
+            f"({type(exc).__name__}: {exc}). "
             "Fix: check that the controller is up ('picluster status' on a node) and "
             "that this is its cluster's secret"
         ) from None
@@ -188,19 +186,19 @@ def run(args: argparse.Namespace) -> int:
     engines_py = f", engines on Python {target.python}" if target.python else ""
     print(f"controller: {target.address}:{target.base_port} ({target.found_by}{engines_py})")
 
-    path = client_file(ipython_dir(args.ipython_dir), args.profile)
-    write_client_file(path, target, keys)
+    info = client_info(
+        target.address, target.base_port, keys, curve=target.curve, location=target.address
+    )
     if not args.no_check:
-        try:
-            count, pythons = check(path, args.timeout)
-            if len(pythons) > 1:
-                raise ConnectError(f"the engines run several Pythons: {sorted(pythons)}")
-            if pythons:
-                refuse_other_python(pythons.pop(), url)
-        except BaseException:
-            path.unlink(missing_ok=True)  # a file that cannot work is not left behind
-            raise
+        # Before anything is written: a file that cannot work is not left behind.
+        count, pythons = check(info, args.timeout)
+        if len(pythons) > 1:
+            raise ConnectError(f"the engines run several Pythons: {sorted(pythons)}")
+        if pythons:
+            refuse_other_python(pythons.pop(), url)
         print(f"{count} engine{'s' if count != 1 else ''} answer")
+    path = client_file(ipython_dir(args.ipython_dir), args.profile)
+    write_client_file(path, info)
     print(f"wrote {path} (mode 0600)")
     where = f', ipython_dir="{args.ipython_dir}"' if args.ipython_dir else ""
     client = f'ipp.Client(profile="{args.profile}"{where})'

@@ -48,3 +48,16 @@ def test_bad_controller_address_and_open_secret_are_clear_errors(tmp_path, capsy
     assert main(["connect", "--secret", str(key), "--controller", "10.0.0.1"]) != 0
     assert f"Fix: chmod 600 {key}" in capsys.readouterr().err
     assert not (tmp_path / "ipython").exists()
+
+
+def test_no_controller_answering_leaves_nothing_behind(tmp_path, capsys):
+    """Loopback only: nothing listens on 127.0.0.1 at these ports."""
+    key = tmp_path / "cluster.secret"
+    secret.write(key, bytes(32))
+    argv = [
+        "connect", "--secret", str(key), "--controller", "127.0.0.1", "--base-port", "64000",
+        "--timeout", "2", "--ipython-dir", str(tmp_path / "ipython"),
+    ]  # fmt: skip
+    assert main(argv) != 0
+    assert "the controller did not answer at 127.0.0.1" in capsys.readouterr().err
+    assert not (tmp_path / "ipython").exists()
