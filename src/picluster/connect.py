@@ -23,7 +23,6 @@ or listening.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import ipaddress
 import os
 from dataclasses import dataclass
@@ -33,7 +32,7 @@ from typing import Any
 from picluster import secret
 from picluster.config import ClusterSection, JupyterSection
 from picluster.connection import client_info, dumps
-from picluster.discovery import Found, browse, open_zeroconf
+from picluster.discovery import scan_lan
 from picluster.engines import python_minor
 from picluster.errors import PiclusterError
 from picluster.files import atomic_write_text
@@ -63,21 +62,14 @@ class Target:
 def discover(cluster: str, keys: secret.Keys, seconds: float) -> Target:
     """The freshest controller record of ``cluster`` that the secret vouches for."""
 
-    async def scan() -> list[Found]:
-        aiozc = open_zeroconf()
-        try:
-            view = await browse(aiozc, seconds, cluster, keys.record_key)
-        finally:
-            await aiozc.async_close()
-        if not view.controllers and view.strangers:
-            raise ConnectError(
-                f"no controller of cluster {cluster!r} that this secret vouches for; "
-                f"heard instead: {view.strangers[0]}. Fix: use the secret of the build "
-                "that made the cards (deploy/<name>.secret)"
-            )
-        return view.controllers
-
-    found = asyncio.run(scan())
+    view = scan_lan(seconds, cluster, keys.record_key)
+    if not view.controllers and view.strangers:
+        raise ConnectError(
+            f"no controller of cluster {cluster!r} that this secret vouches for; "
+            f"heard instead: {view.strangers[0]}. Fix: use the secret of the build "
+            "that made the cards (deploy/<name>.secret)"
+        )
+    found = view.controllers
     if not found:
         raise ConnectError(
             f"no controller of cluster {cluster!r} answered over mDNS within {seconds:.0f} s. "

@@ -472,6 +472,21 @@ class Scan:
     strangers: list[Stranger] = field(default_factory=list)
 
 
+async def ask_directly(aiozc: AsyncZeroconf, names: list[str]) -> None:
+    """Ask each name for its SRV and TXT outright, then listen for the answers (into
+    the cache and any ``Heard`` listening): a responder keeps quiet when another one has
+    just sent the same PTR (duplicate answer suppression), so a second owner of a name
+    is only heard when asked for its own records."""
+    for i in range(0, len(names), 8):  # a few names per packet: well inside the MTU
+        out = DNSOutgoing(0)
+        for name in names[i : i + 8]:
+            out.add_question(DNSQuestion(name, TYPE_SRV, CLASS_IN))
+            out.add_question(DNSQuestion(name, TYPE_TXT, CLASS_IN))
+        aiozc.zeroconf.async_send(out)
+    if names:
+        await asyncio.sleep(DIRECT_ANSWER_S)  # the answers' listening window
+
+
 async def browse(aiozc: AsyncZeroconf, seconds: float, cluster: str, key: bytes | None) -> Scan:
     """Everything announced for ``cluster`` within ``seconds``, opened with ``key``."""
     names: dict[str, set[str]] = {CONTROLLER_TYPE: set(), NODE_TYPE: set()}
@@ -487,18 +502,7 @@ async def browse(aiozc: AsyncZeroconf, seconds: float, cluster: str, key: bytes 
     browser = AsyncServiceBrowser(aiozc.zeroconf, [CONTROLLER_TYPE, NODE_TYPE], handlers=[handler])
     try:
         await asyncio.sleep(seconds)  # a listening window, not synchronisation
-        # Ask every name for its SRV and TXT outright: a responder keeps quiet when
-        # another one has just sent the same PTR (duplicate answer suppression), so
-        # a second owner of a name is only heard when asked for its own records.
-        asked = sorted(set().union(*names.values()))
-        for i in range(0, len(asked), 8):  # a few names per packet: well inside the MTU
-            out = DNSOutgoing(0)
-            for name in asked[i : i + 8]:
-                out.add_question(DNSQuestion(name, TYPE_SRV, CLASS_IN))
-                out.add_question(DNSQuestion(name, TYPE_TXT, CLASS_IN))
-            aiozc.zeroconf.async_send(out)
-        if asked:
-            await asyncio.sleep(DIRECT_ANSWER_S)  # the answers' listening window
+        await ask_directly(aiozc, sorted(set().union(*names.values())))
     finally:
         await browser.async_cancel()
 
@@ -514,3 +518,17 @@ async def browse(aiozc: AsyncZeroconf, seconds: float, cluster: str, key: bytes 
                     scan.strangers.append(opened)
     aiozc.zeroconf.async_remove_listener(heard)
     return scan
+
+
+def scan_lan(seconds: float, cluster: str, key: bytes | None) -> Scan:
+    """``browse`` on a responder of its own, opened and closed here: what a command
+    (``status``, ``hostfile``, ``connect``) sees of ``cluster`` within ``seconds``."""
+
+    async def run() -> Scan:
+        aiozc = open_zeroconf()
+        try:
+            return await browse(aiozc, seconds, cluster, key)
+        finally:
+            await aiozc.async_close()
+
+    return asyncio.run(run())

@@ -12,14 +12,13 @@ so the command needs the secret (root); a stranger's record is never listed.
 
 from __future__ import annotations
 
-import asyncio
 import re
 import sys
 from collections.abc import Iterable
 from typing import Literal
 
 from picluster import config, secret
-from picluster.discovery import Member, Scan, browse, open_zeroconf
+from picluster.discovery import Member, Scan, scan_lan
 from picluster.errors import PiclusterError
 from picluster.paths import Paths
 
@@ -60,14 +59,7 @@ def gather(paths: Paths, seconds: float) -> tuple[str, Scan]:
             "mpirun --hostfile <(sudo picluster hostfile) ..."
         ) from None
 
-    async def scan() -> Scan:
-        aiozc = open_zeroconf()
-        try:
-            return await browse(aiozc, seconds, cfg.cluster.name, keys.record_key)
-        finally:
-            await aiozc.async_close()
-
-    return cfg.cluster.name, asyncio.run(scan())
+    return cfg.cluster.name, scan_lan(seconds, cfg.cluster.name, keys.record_key)
 
 
 def main(paths: Paths, seconds: float, slots: Slots, address: bool) -> int:

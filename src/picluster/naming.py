@@ -40,20 +40,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from zeroconf import DNSOutgoing, DNSQuestion
-
 from picluster import __version__, config, roles, secret
 from picluster.discovery import (
-    CLASS_IN,
-    DIRECT_ANSWER_S,
-    TYPE_SRV,
-    TYPE_TXT,
     Announcer,
     DuplicateName,
     Heard,
     Member,
     Sealer,
     answers,
+    ask_directly,
     open_info,
     open_zeroconf,
 )
@@ -190,11 +185,7 @@ async def claim(
             return fallback
         await asyncio.sleep(CLAIM_S)  # a listening window, not synchronisation
         # Ask the name outright: a card already settled on it answers for it now.
-        out = DNSOutgoing(0)
-        out.add_question(DNSQuestion(name, TYPE_SRV, CLASS_IN))
-        out.add_question(DNSQuestion(name, TYPE_TXT, CLASS_IN))
-        aiozc.zeroconf.async_send(out)
-        await asyncio.sleep(DIRECT_ANSWER_S)
+        await ask_directly(aiozc, [name])
         for answer in answers(aiozc.zeroconf, NODE_TYPE, name, heard):
             opened = open_info(answer, cfg.cluster.name, keys.record_key)
             if isinstance(opened, Member) and _holds(opened, want, hw):

@@ -176,12 +176,8 @@ def cmd_client_file(args: argparse.Namespace) -> int:
     ipdir = args.ipython_dir or Path(user.pw_dir) / ".ipython"
     target = clusterfile.security_dir(ipdir) / clusterfile.CLIENT_FILE
     try:
-        if os.geteuid() == 0 and user.pw_uid != 0:
-            # As the user, not as root: a symlink they planted in ~/.ipython then
-            # leads only where they could write anyway, and what is made is theirs.
-            users.as_user(user, lambda: jupyter.write_client_file(ipdir, cfg, keys))
-        else:
-            jupyter.write_client_file(ipdir, cfg, keys)
+        # As the user, not as root: what is made in ~/.ipython is theirs.
+        users.as_user(user, lambda: jupyter.write_client_file(ipdir, cfg, keys))
     except OSError as exc:
         raise ConfigurationError(
             f"cannot write {target} as {user.pw_name}: {exc.strerror or exc}. Fix: "

@@ -394,13 +394,9 @@ def _drop(path: Path) -> bool:
 
 
 def _as(user: pwd.struct_passwd, work: Callable[[], None]) -> None:
-    """Run ``work`` as ``user`` when we are root and it is someone else: a symlink they
-    planted in their home then leads only where they could write anyway."""
+    """``users.as_user``, its failure told in terms of the user's ~/.ssh."""
     try:
-        if os.geteuid() == 0 and user.pw_uid != 0:
-            users.as_user(user, work)
-        else:
-            work()
+        users.as_user(user, work)
     except OSError as exc:
         raise SshTrustError(
             f"cannot write {USER_KEY_NAME} in {user.pw_name}'s ~/.ssh: {exc.strerror or exc}. "

@@ -14,7 +14,6 @@ says so. Everything that came off the LAN is printed as text, never as markup.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import os
@@ -30,7 +29,7 @@ from rich.text import Text
 
 from picluster import config, secret
 from picluster.connection import client_info
-from picluster.discovery import Found, Scan, Stranger, browse, open_zeroconf
+from picluster.discovery import Found, Scan, Stranger, scan_lan
 from picluster.engines import host_of
 from picluster.paths import Paths
 from picluster.records import ControllerRecord
@@ -193,14 +192,8 @@ def gather(paths: Paths, seconds: float) -> View:
     with contextlib.suppress(secret.SecretError):
         keys = secret.Keys.derive(secret.load(secret.credential_path(paths.secret)))
 
-    async def scan() -> Scan:
-        aiozc = open_zeroconf()
-        try:
-            return await browse(aiozc, seconds, cfg.cluster.name, keys.record_key if keys else None)
-        finally:
-            await aiozc.async_close()
-
-    return build_view(cfg.cluster.name, asyncio.run(scan()), keys)
+    scan = scan_lan(seconds, cfg.cluster.name, keys.record_key if keys else None)
+    return build_view(cfg.cluster.name, scan, keys)
 
 
 def render(view: View, console: Console | None = None) -> None:
