@@ -7,6 +7,7 @@ controller restart. Needs root (network namespaces). Prints markdown.
     sudo .venv/bin/python -m bench.runtime heal --runs 3    # issue 14, before/after
     sudo .venv/bin/python -m bench.runtime records          # sealed mDNS records vs before
     sudo .venv/bin/python -m bench.runtime bytecode         # issue 17: the engines' guard
+    sudo .venv/bin/python -m bench.runtime name             # issue 17: a card naming itself
 
 Every ratio compares two measurements taken in the same run, one after the
 other, on the same machine.
@@ -581,6 +582,43 @@ def bytecode(args: argparse.Namespace) -> None:
     )
 
 
+def naming(args: argparse.Namespace) -> None:
+    """issue 17: ``picluster name`` on an unnamed card alone on its LAN (no clash), each
+    run a fresh etc dir, so every run is a first boot: its own time, and Python's import
+    of the command line alone for comparison."""
+    from tests.harness.netns import Lan
+
+    tmp = Path(tempfile.mkdtemp(prefix="bench-name-"))
+    lan = Lan(f"bn{os.getpid() % 100000}")
+    try:
+        host = lan.add_host("card")
+        secret.write(tmp / "secret", secret.generate())
+        (tmp / "cluster.toml").write_text("")
+        paths = ["--config", str(tmp / "cluster.toml"), "--secret", str(tmp / "secret"),
+                 "--state-dir", str(tmp / "state")]  # fmt: skip
+        took = []
+        for run in range(args.runs):
+            etc = tmp / f"etc{run}"
+            etc.mkdir()
+            t0 = time.monotonic()
+            host.run(
+                "env", f"PICLUSTER_ETC_DIR={etc}", "unshare", "--uts", "--", "sh", "-c",
+                'hostname raspberrypi && exec "$@"', "sh",
+                sys.executable, "-m", "picluster", "name", *paths,
+            )  # fmt: skip
+            took.append(time.monotonic() - t0)
+        t0 = time.monotonic()
+        host.run(sys.executable, "-c", "import picluster.cli")
+        imported = time.monotonic() - t0
+    finally:
+        lan.close()
+        shutil.rmtree(tmp, ignore_errors=True)
+    print("| first-boot `picluster name` (s) | median | min | max | import picluster.cli (s) |")
+    print("| --- | --- | --- | --- | --- |")
+    print(f"| {args.runs} runs | {statistics.median(took):.2f} | {min(took):.2f} | "
+          f"{max(took):.2f} | {imported:.2f} |")  # fmt: skip
+
+
 def main() -> None:
     if os.geteuid() != 0:
         sys.exit("bench.runtime needs root (network namespaces)")
@@ -610,6 +648,9 @@ def main() -> None:
     p = sub.add_parser("bytecode", help="issue 17: apply to a guarded engine vs a stock one")
     p.add_argument("--runs", type=int, default=500)
     p.set_defaults(func=bytecode)
+    p = sub.add_parser("name", help="issue 17: a card's first-boot picluster name")
+    p.add_argument("--runs", type=int, default=5)
+    p.set_defaults(func=naming)
     for name, func in (("throughput", throughput), ("restart", restart), ("curve", curve)):
         p = sub.add_parser(name)
         p.add_argument("--hosts-n", type=int, default=4)
