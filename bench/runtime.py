@@ -8,6 +8,7 @@ controller restart. Needs root (network namespaces). Prints markdown.
     sudo .venv/bin/python -m bench.runtime records          # sealed mDNS records vs before
     sudo .venv/bin/python -m bench.runtime bytecode         # issue 17: the engines' guard
     sudo .venv/bin/python -m bench.runtime name             # issue 17: a card naming itself
+    sudo .venv/bin/python -m bench.runtime dask --runs 5    # become_dask vs LocalCluster
 
 Every ratio compares two measurements taken in the same run, one after the
 other, on the same machine.
@@ -619,6 +620,143 @@ def naming(args: argparse.Namespace) -> None:
           f"{max(took):.2f} | {imported:.2f} |")  # fmt: skip
 
 
+# -- Dask (rc.become_dask) on the discovered cluster vs a LocalCluster ---------------------
+
+
+DASK_CLIENT = """
+import math, socket, time
+from pathlib import Path
+import dask.array as da
+import dask.config
+from distributed import Client, LocalCluster
+from distributed.security import Security
+from picluster import dasktls
+
+# What picluster jupyter writes for its user (~/.config/dask), here in this process
+dask.config.set(dasktls.settings(dasktls.write(Path(P["tls"]), dasktls.derive(keys))))
+
+
+def workload():
+    size, chunk = P["size"], P["chunk"]
+    x = da.fromfunction(lambda i, j: (i * 7 + j * 13) % 101, shape=(size, size),
+                        chunks=(chunk, chunk), dtype=float)
+    y = da.sin(x) + x * 0.5
+    return [y.sum(), y.mean(axis=0).sum(), y.std(), (y + y.T).max()]
+
+
+def timed(client):
+    t = time.perf_counter()
+    values = client.compute(workload(), sync=True)
+    return time.perf_counter() - t, [float(v) for v in values]
+
+
+def session_leader():
+    import os
+
+    return os.getsid(0) == os.getpid()
+
+
+def same(a, b):
+    return all(math.isclose(x, y, rel_tol=1e-12) for x, y in zip(a, b, strict=True))
+
+
+n = P["n"]
+rc.wait_for_engines(n, timeout=300)
+t = time.perf_counter()
+ours = rc.become_dask()
+ours.wait_for_workers(n, timeout=300)
+started = {"picluster": time.perf_counter() - t}
+hosts = sorted(ours.run(socket.gethostname).values())
+threads = {"picluster": sorted(ours.nthreads().values())}
+assert set(ours.run(session_leader).values()) == {True}
+answer = timed(ours)[1]  # warm-up, and the answer every cluster must give
+times, blocks = {}, {}
+# Each engine runs in a session of its own; so does each LocalCluster worker here (under
+# Linux's autogroup scheduling a session shares the CPU as one group), except in the
+# last one. (distributed runs a preload's text twice: import, then reload.)
+own_session = {"preload": ["import os; os.getsid(0) == os.getpid() or os.setsid()"]}
+tls = {"protocol": "tls", "security": Security(require_encryption=True)}
+# One LocalCluster at a time (its scheduler and nannies live in this process), each
+# timed alternately with the picluster one.
+for arm, extra, leader in (("local", own_session, True), ("local tls", own_session | tls, True),
+                           ("local one session", {}, False)):
+    t = time.perf_counter()
+    with LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
+                      dashboard_address="127.0.0.1:0", **extra) as cluster, \
+            Client(cluster) as local:
+        local.wait_for_workers(n, timeout=300)
+        started[arm] = time.perf_counter() - t
+        assert set(local.run(session_leader).values()) == {leader}, arm
+        threads[arm] = sorted(local.nthreads().values())
+        assert same(timed(local)[1], answer), arm  # warm-up
+        times[arm], blocks[arm] = [], []
+        for _ in range(P["runs"]):
+            for client, into in ((ours, blocks[arm]), (local, times[arm])):
+                took, got = timed(client)
+                assert same(got, answer), (arm, got, answer)
+                into.append(took)
+ours.close()
+rc.stop_dask()
+assert all(t == [1] * n for t in threads.values()), threads
+result = {"times": times, "blocks": blocks, "started": started, "hosts": hosts,
+          "answer": answer}
+"""
+
+
+def dask_bench(args: argparse.Namespace) -> None:
+    """The same fixed dask.array workload (no random numbers: the array is a function of
+    its indices, made on the workers; an elementwise op, a transpose, four reductions)
+    on ``rc.become_dask()`` of a discovered namespace cluster (workers in the engines,
+    TLS, the scheduler in the controller's hub) and on ``distributed.LocalCluster``s
+    with as many single-threaded worker processes (plain TCP, and TLS with the same
+    certificates), started by one client on the client host; one LocalCluster at a
+    time, each timed alternately with the picluster cluster.
+
+    Each engine is a session of its own (``picluster.process``), and with the kernel's
+    autogroup scheduling each session gets its own share of a busy CPU: the
+    LocalCluster workers call ``setsid`` too, and one LocalCluster keeps them in the
+    client's session to show the difference that makes."""
+    tmp = Path(tempfile.mkdtemp(prefix="bench-dask-"))
+    c = Cluster(tmp)
+    s = secret.generate()
+    hosts, per_node = args.hosts_n, args.per_node
+    n = hosts * per_node
+    params = {"n": n, "size": args.size, "chunk": args.chunk, "runs": args.runs,
+              "tls": str(tmp / "client-dask-tls")}  # fmt: skip
+    try:
+        ctl = c.add("controller", "[engines]\non_controller = 0\n", s)
+        for i in range(1, hosts + 1):
+            c.add(f"engine-{i}", f"[engines]\nper_node = {per_node}\n", s)
+        code = f"P = {json.dumps(params)}\n" + DASK_CLIENT
+        got = c.client(code, s, ctl.host.address, timeout=1800)
+    finally:
+        c.close()
+        shutil.rmtree(tmp, ignore_errors=True)
+    chunks = ((args.size + args.chunk - 1) // args.chunk) ** 2
+    print(f"{hosts} engine hosts x {per_node} engines ({n} Dask workers, 1 thread each; "
+          f"the controller runs the scheduler and no engine), a {args.size} x {args.size} "
+          f"float64 array in {chunks} chunks of {args.chunk} x {args.chunk}; "
+          f"one LocalCluster at a time, {args.runs} runs each after a warm-up, alternating "
+          f"with the picluster cluster\n")  # fmt: skip
+    print(f"workers on: {', '.join(got['hosts'])}; every cluster gave the same answers "
+          f"{[float(f'{v:.6g}') for v in got['answer']]}\n")  # fmt: skip
+
+    def spread(times: list[float]) -> str:
+        return f"{statistics.median(times):.2f} ({min(times):.2f}-{max(times):.2f})"
+
+    print(f"picluster `rc.become_dask()` until {n} workers: {got['started']['picluster']:.1f} s\n")
+    print("| LocalCluster | start (s) | LocalCluster: median (min-max) s "
+          "| picluster, alternating: median (min-max) s | picluster / LocalCluster |")  # fmt: skip
+    print("| --- | --- | --- | --- | --- |")
+    names = {"local": "tcp", "local tls": "TLS (the same certificates)",
+             "local one session": "tcp, workers in the client's session"}  # fmt: skip
+    for arm, block in got["blocks"].items():
+        local, ours = got["times"][arm], block
+        ratio = statistics.median(ours) / statistics.median(local)
+        print(f"| {names[arm]} | {got['started'][arm]:.1f} | {spread(local)} | {spread(ours)} "
+              f"| {ratio:.2f} |")  # fmt: skip
+
+
 def main() -> None:
     if os.geteuid() != 0:
         sys.exit("bench.runtime needs root (network namespaces)")
@@ -651,6 +789,13 @@ def main() -> None:
     p = sub.add_parser("name", help="issue 17: a card's first-boot picluster name")
     p.add_argument("--runs", type=int, default=5)
     p.set_defaults(func=naming)
+    p = sub.add_parser("dask", help="rc.become_dask() on the cluster vs a LocalCluster")
+    p.add_argument("--hosts-n", type=int, default=2)
+    p.add_argument("--per-node", type=int, default=1)
+    p.add_argument("--size", type=int, default=8000, help="the array is SIZE x SIZE")
+    p.add_argument("--chunk", type=int, default=1000, help="chunks of CHUNK x CHUNK")
+    p.add_argument("--runs", type=int, default=5)
+    p.set_defaults(func=dask_bench)
     for name, func in (("throughput", throughput), ("restart", restart), ("curve", curve)):
         p = sub.add_parser(name)
         p.add_argument("--hosts-n", type=int, default=4)

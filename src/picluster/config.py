@@ -30,7 +30,10 @@ from picluster.names import DnsLabel, LoginName, is_label
 from picluster.validation import describe
 
 PORTS_USED = 30
-"""ipyparallel's fixed layout uses B..B+14; we reserve B..B+29 (``--ports``)."""
+"""The cluster's TCP ports are B..B+29 (``--ports``, reserved from the kernel's
+ephemeral range): ipcontroller draws from the front (B..B+14 in its connection
+files, then its internal ones), Dask's scheduler and dashboard take the last two
+(``connection.DASK_PORTS``)."""
 DROPIN_SUFFIX = ".d"
 
 BasePort = Annotated[int, Field(ge=1024, le=65535 - PORTS_USED)]

@@ -29,9 +29,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from picluster import secret
+from picluster import dasktls, secret
 from picluster.config import ClusterSection, JupyterSection
 from picluster.connection import client_info, dumps
+from picluster.daskcluster import DASHBOARD_LINK
 from picluster.discovery import scan_lan
 from picluster.engines import python_minor
 from picluster.errors import PiclusterError
@@ -103,6 +104,14 @@ def lab_url(target: Target, keys: secret.Keys) -> str:
     token = keys.jupyter_token if target.login == "token" else ""
     url = jupyter.url(JupyterSection(port=target.lab), None, target.address, token=token)
     return url if token else f"{url} (log in with the JupyterLab password)"
+
+
+def dashboard_link(target: Target) -> str:
+    """dask's dashboard link template: JupyterLab's proxy on the controller (the
+    dashboard itself listens on the controller's loopback only)."""
+    if not target.lab:
+        return ""
+    return f"http://{target.address}:{target.lab}{DASHBOARD_LINK}"
 
 
 def ipython_dir(given: Path | None) -> Path:
@@ -192,6 +201,8 @@ def run(args: argparse.Namespace) -> int:
     path = client_file(ipython_dir(args.ipython_dir), args.profile)
     write_client_file(path, info)
     print(f"wrote {path} (mode 0600)")
+    dask = dasktls.write_user_config(dasktls.user_config_dir(), keys, dashboard_link(target))
+    print(f"wrote {dask} (rc.become_dask(): TLS with certificates from the secret)")
     where = f', ipython_dir="{args.ipython_dir}"' if args.ipython_dir else ""
     client = f'ipp.Client(profile="{args.profile}"{where})'
     print(f"in Python:  import ipyparallel as ipp; rc = {client}")
@@ -206,8 +217,10 @@ def register(subparsers: Any) -> None:
         help="use the cluster from this computer: ipp.Client(profile='picluster') + Lab URL",
         description=(
             "Find the controller by mDNS (or --controller), write ipyparallel's client "
-            f"file into the IPython profile '{PROFILE}', check that the engines answer, and "
-            "print JupyterLab's address with its token. No root needed. Refuses a Python "
+            f"file into the IPython profile '{PROFILE}', check that the engines answer, "
+            "write dask's configuration for rc.become_dask() (TLS files derived from the "
+            "secret, in $DASK_CONFIG or ~/.config/dask) and print JupyterLab's address "
+            "with its token. No root needed. Refuses a Python "
             "whose minor version differs from the engines' (they could not run what it "
             "sends)."
         ),

@@ -35,6 +35,13 @@ CLIENT_PORTS = {
     "notification": 13,
     "broadcast": 14,
 }
+# The last two of the range: ipcontroller draws its ports from the front of
+# --ports, the 15 above and its internal loopback ones after them (B..B+17 with
+# the default broadcast depth, measured with ipyparallel 9.2).
+DASK_PORTS = {
+    "scheduler": PORTS_USED - 2,  # tls://, on the controller's LAN address (daskcluster)
+    "dashboard": PORTS_USED - 1,  # http on loopback only; JupyterLab's /proxy/<port>/status
+}
 
 
 def ports_argument(base_port: int) -> str:

@@ -17,6 +17,7 @@ import sys
 import time
 from pathlib import Path
 
+from picluster import dasktls
 from picluster.config import PORTS_USED, Config
 from picluster.connection import ports_argument
 from picluster.engines import host_of, port_answers
@@ -53,6 +54,7 @@ def controller_env(keys: Keys, config: Config, paths: Paths) -> dict[str, str]:
     # Nothing ipyparallel reads from the environment may leak in from our own.
     env = {k: v for k, v in os.environ.items() if not k.startswith("IPP_")}
     env["IPYTHONDIR"] = str(paths.ipython_dir)
+    env.update(dasktls.environment(paths.dask_tls_dir))  # become_dask's scheduler
     if config.cluster.curve:
         pair = keys.curve()
         env["IPP_ENABLE_CURVE"] = "1"

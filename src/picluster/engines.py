@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from picluster import ipengine
+from picluster import dasktls, ipengine
 from picluster.config import Config
 from picluster.connection import client_environment
 from picluster.files import atomic_write_text
@@ -79,6 +79,7 @@ def engine_env(info: dict[str, Any], keys: Keys, config: Config, paths: Paths) -
     env.pop("CREDENTIALS_DIRECTORY", None)
     env["IPYTHONDIR"] = str(paths.ipython_dir)
     env["IPP_CONNECTION_INFO"] = json.dumps(info)
+    env.update(dasktls.environment(paths.dask_tls_dir))  # become_dask's workers
     env.update(client_environment(keys, config.cluster.curve))
     if config.cluster.curve:
         env["IPP_CURVE_SERVERKEY"] = keys.curve().server_public.decode("ascii")

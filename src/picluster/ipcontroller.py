@@ -18,8 +18,11 @@ silence. Nothing else of the hub changes; everything else is the stock
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Any
+
+from picluster import daskcluster
 
 RESTORE_GRACE_S = 20
 """Seconds a restored engine has to send its first heartbeat before it is purged.
@@ -83,6 +86,7 @@ def patch_hub() -> None:
 
 def main() -> None:
     patch_hub()
+    daskcluster.patch_hub(sys.argv[1:])
     from ipyparallel.controller.app import main as ipcontroller_main
 
     ipcontroller_main()

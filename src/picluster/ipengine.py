@@ -74,6 +74,8 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+from picluster import daskcluster
+
 PYTHON = f"{sys.version_info.major}.{sys.version_info.minor}"
 
 _NOT_INSTRUCTIONS = {"CACHE", "RESERVED", "ENTER_EXECUTOR"}
@@ -218,6 +220,7 @@ def install() -> None:
 
 def main() -> None:
     install()
+    daskcluster.patch_workers()
     from ipyparallel.engine.app import main as ipengine_main
 
     ipengine_main()

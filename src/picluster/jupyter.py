@@ -26,9 +26,10 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from picluster import clusterfile
+from picluster import clusterfile, dasktls
 from picluster.config import Config, JupyterSection
 from picluster.connection import client_info, dumps
+from picluster.daskcluster import DASHBOARD_LINK
 from picluster.errors import ConfigurationError
 from picluster.files import atomic_write_text
 from picluster.secret import Keys
@@ -178,6 +179,13 @@ class Launch:
     config_file: Path
 
 
+def write_dask_config(home: Path, keys: Keys) -> Path:
+    """``rc.become_dask()`` for this user in notebooks, JupyterLab terminals and SSH
+    sessions alike, its dashboard link this server's proxy to the scheduler's
+    loopback-only dashboard (``picluster.daskcluster``)."""
+    return dasktls.write_user_config(dasktls.user_config_dir(home), keys, DASHBOARD_LINK)
+
+
 def prepare(config: Config, keys: Keys, home: Path) -> Launch:
     """Write everything JupyterLab needs for this user; return how to start it."""
     if os.geteuid() == 0:
@@ -197,6 +205,7 @@ def prepare(config: Config, keys: Keys, home: Path) -> Launch:
     ipdir = ipython_dir(home)
     write_client_file(ipdir, config, keys)
     clusterfile.write(ipdir)
+    write_dask_config(home, keys)
 
     rundir = runtime_dir()
     rundir.mkdir(mode=0o700, parents=True, exist_ok=True)

@@ -7,6 +7,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from picluster import dasktls
+
 DEFAULT_CONFIG = Path("/etc/picluster/cluster.toml")
 DEFAULT_SECRET = Path("/etc/picluster/secret")
 DEFAULT_STATE_DIR = Path("/var/lib/picluster")
@@ -52,6 +54,11 @@ class Paths:
     def profile_dir(self) -> Path:
         """The controller's persistent ipyparallel profile (``--restore`` reads it)."""
         return self.state_dir / "profile_picluster"
+
+    @property
+    def dask_tls_dir(self) -> Path:
+        """Dask's TLS files for the hub's scheduler and the engines' workers (dasktls)."""
+        return self.state_dir / dasktls.DIRECTORY
 
     @property
     def ipython_dir(self) -> Path:

@@ -35,6 +35,8 @@ LABEL_FINGERPRINT = b"key fingerprint"
 LABEL_RECORD_MAC = b"mdns record mac key"
 LABEL_SSH_CA = b"ssh certificate authority ed25519 seed"
 LABEL_SSH_USER = b"ssh cluster user ed25519 seed"
+LABEL_DASK_CA = b"dask tls certificate authority ed25519 seed"
+LABEL_DASK_MEMBER = b"dask tls member ed25519 seed"
 
 FINGERPRINT_LEN = 12
 """Hex digits of the fingerprint published over mDNS: 48 bits tell two secrets
@@ -214,6 +216,10 @@ class Keys:
             client_public=curve_public(client_secret),
             client_secret=client_secret,
         )
+
+    def seed(self, label: bytes) -> bytes:
+        """32 bytes derived from the secret under ``label`` (one of the ``LABEL_*``)."""
+        return hkdf_sha256(self._secret, label)
 
     def __repr__(self) -> str:  # never let a derived key reach a log by accident
         return f"Keys(fingerprint={self.fingerprint!r})"

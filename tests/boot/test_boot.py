@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import time
@@ -273,6 +274,121 @@ def test_client_on_the_controller_runs_jobs_on_every_engine(booted):
     result = json.loads(run.stdout.split("RESULT ", 1)[1])
     assert result["hello"] == ["Hello World"] * total
     assert result["squares"] == [x * x for x in range(32)]
+
+
+# The tutorials' Dask session, run as the first user over ssh on the controller (an ssh
+# session reads the TLS settings `picluster jupyter` wrote to ~/.config/dask, as a
+# notebook does). After stop_dask the scheduler's port must close: a second
+# become_dask binds the same fixed port.
+DASK = r"""
+import json, socket, time
+import ipyparallel as ipp
+import numpy as np
+import dask.array as da
+rc = ipp.Client(timeout=120)
+rc.wait_for_engines(%(engines)d, timeout=300)
+started = time.monotonic()
+dc = rc.become_dask()
+dc.wait_for_workers(%(engines)d, timeout=300)
+workers = sorted(dc.scheduler_info()["workers"])
+hosts = sorted(dc.run(socket.gethostname).values())
+x = np.arange(1_000_000, dtype=np.int64).reshape(1000, 1000)
+dx = da.from_array(x, chunks=(250, 250))
+total = int(dx.sum().compute())
+means = dx.mean(axis=1).compute()
+seconds = time.monotonic() - started
+scheduler, link = dc.scheduler.address, dc.dashboard_link
+dc.close()  # first: a client left connected keeps trying to reach the stopped scheduler
+rc.stop_dask()
+host, port = scheduler.removeprefix("tls://").rsplit(":", 1)
+closed, end = False, time.monotonic() + 60
+while not closed and time.monotonic() < end:
+    try:
+        socket.create_connection((host, int(port)), timeout=5).close()
+        time.sleep(1)
+    except ConnectionRefusedError:
+        closed = True
+print("RESULT " + json.dumps({
+    "scheduler": scheduler, "link": link, "workers": workers, "hosts": hosts,
+    "chunks": dx.npartitions, "total": total, "numpy": int(x.sum()),
+    "means": bool(np.allclose(means, x.mean(axis=1))), "closed": closed, "seconds": seconds,
+}))
+"""
+DASK_CONFIG = "~/.config/dask/picluster.yaml"
+
+
+def test_dask_on_the_controller_has_a_worker_on_every_pi(booted):
+    """``rc.become_dask()`` from an ssh session on the controller: a TLS scheduler on the
+    controller's LAN address at base_port+28, one worker per engine on every VM, a chunked
+    ``dask.array`` reduction equal to NumPy's; ``rc.stop_dask()`` frees the port."""
+    from picluster.config import ClusterSection
+    from picluster.daskcluster import dashboard_path, scheduler_port
+
+    cluster = booted
+    total = sum(vm.cpus for vm in cluster.vms)
+    wait_for(lambda: all_registered(cluster), 600, "not every VM's engines registered", 5)
+    wait_for(
+        lambda: cluster.ssh(0, f"test -s {DASK_CONFIG}", 60).returncode == 0,
+        300, f"picluster jupyter never wrote {DASK_CONFIG} for {cluster.user}", 5,
+    )  # fmt: skip
+    script = DASK % {"engines": total}
+    run = cluster.ssh(0, f"/opt/picluster/bin/python - <<'EOF'\n{script}\nEOF", timeout=900)
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-3000:]
+    result = json.loads(run.stdout.split("RESULT ", 1)[1])
+    print(f"dask: become_dask to results in {result['seconds']:.1f} s: {result['workers']}")
+    base = ClusterSection().base_port
+    assert result["scheduler"] == f"tls://{cluster.address(cluster.vms[0])}:{scheduler_port(base)}"
+    assert result["link"] == dashboard_path(base), result["link"]
+    assert len(result["workers"]) == total, result["workers"]
+    assert all(w.startswith("tls://") for w in result["workers"]), result["workers"]
+    on = sorted(w.removeprefix("tls://").rsplit(":", 1)[0] for w in result["workers"])
+    assert on == sorted(cluster.address(vm) for vm in cluster.vms for _ in range(vm.cpus)), on
+    assert result["hosts"] == sorted(vm.name for vm in cluster.vms for _ in range(vm.cpus))
+    assert result["chunks"] == 16
+    assert result["total"] == result["numpy"] == 499_999_500_000
+    assert result["means"], "row means differ from NumPy's"
+    assert result["closed"], f"the scheduler still listens on {result['scheduler']} after stop_dask"
+
+
+HELLO = re.compile(r"^Hello, World! I am process +(\d+) of (\d+) on (\S+)\.$", re.MULTILINE)
+
+
+def test_mpi_hello_world_runs_a_rank_on_every_pi(booted):
+    """What every Pi-cluster guide does once SSH works, as the first user on the controller:
+    a hostfile (``picluster hostfile``: .local names, resolved by mDNS), then ``mpirun`` (on
+    the PATH: a link to the venv's Open MPI, which hands its prefix to the prted it starts
+    over ssh with the cluster key) running the venv's python, the same path on every card.
+    One rank per core, so no --oversubscribe; helloworld passes a message along the ranks."""
+    cluster = booted
+    names = sorted(vm.name for vm in cluster.vms)
+    wait_for(lambda: all_registered(cluster), 600, "not every VM's engines registered", 5)
+    out = ssh_ok(cluster, 0, "readlink -f $(command -v mpirun mpiexec)")
+    assert out.split() == ["/opt/picluster/bin/mpirun", "/opt/picluster/bin/mpiexec"], out
+    listed: list[str] = []
+
+    def hostfile() -> bool:
+        """The hosts that announced themselves: every VM, once the cluster formed."""
+        proc = cluster.ssh(0, "sudo /opt/picluster/bin/picluster hostfile > hosts; cat hosts", 120)
+        listed[:] = proc.stdout.splitlines()
+        return sorted(line.split()[0] for line in listed) == [f"{n}.local" for n in names]
+
+    try:
+        wait_for(hostfile, 120, "picluster hostfile did not list every VM", 5)
+    except BootError as exc:
+        raise AssertionError(f"{exc}: {listed}") from None
+    ranks = sum(int(line.split("slots=")[1]) for line in listed)
+    assert ranks == sum(vm.cpus for vm in cluster.vms), listed
+    python = "/opt/picluster/bin/python"
+    command = f"mpirun --hostfile hosts -n {ranks} {python} -m mpi4py.bench helloworld"
+    started = time.monotonic()
+    run = cluster.ssh(0, command, timeout=300)
+    print(f"mpi: {command}: {time.monotonic() - started:.1f} s (ssh included)")
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-3000:]
+    hello = HELLO.findall(run.stdout)
+    assert sorted(int(rank) for rank, _, _ in hello) == list(range(ranks)), run.stdout
+    assert {int(size) for _, size, _ in hello} == {ranks}, run.stdout
+    assert sorted(host for _, _, host in hello) == names, run.stdout
+    assert {int(rank): host for rank, _, host in hello}[0] == "controller", run.stdout
 
 
 def test_the_card_seed_is_readable_by_root_only(booted):

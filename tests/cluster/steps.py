@@ -32,6 +32,8 @@ from pathlib import Path
 from typing import Any
 
 from picluster import secret as secret_mod
+from picluster.config import ClusterSection
+from picluster.connection import DASK_PORTS
 from tests.harness.cluster import ClientRun, Cluster, Node, wait_for
 from tests.harness.netns import pids_in
 
@@ -237,15 +239,32 @@ def laptop_connects(engines: int, controller: str = "controller") -> Step:
         assert f"JupyterLab: http://{address}:8888/lab?token={token}" in out.stdout, said
         made = home / "ipython/profile_picluster/security/ipcontroller-client.json"
         assert stat.S_IMODE(made.stat().st_mode) == 0o600
+        dask = home / ".config/dask/picluster.yaml"
+        assert f"wrote {dask}" in out.stdout, said
+        # Dask from the laptop too: the scheduler in the hub, TLS from the files
+        # connect wrote, the dashboard link through the controller's JupyterLab.
         code = (
-            "import json, socket, ipyparallel as ipp\n"
+            "import json, socket, ipyparallel as ipp, dask.array as da\n"
             f"rc = ipp.Client(profile='picluster', ipython_dir={str(home / 'ipython')!r})\n"
             f"rc.wait_for_engines({engines}, timeout={scene.deadline:.0f})\n"
-            "print(json.dumps(rc[:].apply_sync(socket.gethostname)))\n"
+            "hosts = rc[:].apply_sync(socket.gethostname)\n"
+            "dc = rc.become_dask()\n"
+            "try:\n"
+            f"    dc.wait_for_workers({engines}, timeout={scene.deadline:.0f})\n"
+            "    total = int(da.arange(1000, chunks=100).sum().compute())\n"
+            "    print(json.dumps([hosts, dc.scheduler.address, dc.dashboard_link, total]))\n"
+            "finally:\n"
+            "    dc.close(); rc.stop_dask()\n"
         )
         ran = host.run(*as_nobody, "-c", code, check=False)
         assert ran.returncode == 0, f"{ran.stdout}{ran.stderr}"
-        assert len(json.loads(ran.stdout.splitlines()[-1])) == engines, ran.stdout
+        hosts, scheduler, link, total = json.loads(ran.stdout.splitlines()[-1])
+        assert len(hosts) == engines, ran.stdout
+        base = ClusterSection().base_port
+        assert scheduler == f"tls://{address}:{base + DASK_PORTS['scheduler']}", ran.stdout
+        dashboard = base + DASK_PORTS["dashboard"]
+        assert link == f"http://{address}:8888/proxy/{dashboard}/status", link
+        assert total == 499500, ran.stdout
 
     return run
 

@@ -122,6 +122,10 @@ def test_venv_imports_under_qemu_user(image_root):
     checks.venv_imports(image_root[0])
 
 
+def test_mpirun_is_on_the_path(image_root):
+    checks.mpi_on_path(image_root[0])
+
+
 def test_venv_is_byte_compiled(image_root):
     checks.venv_compiled(image_root[0])
 

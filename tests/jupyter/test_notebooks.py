@@ -2,7 +2,9 @@
 real cluster (controller + engine host in network namespaces), executed with
 nbclient in the controller's namespace with the client file ``picluster`` writes,
 as a kernel under JupyterLab on the Pi would run it. Deterministic outputs are
-checked; timing outputs only for sanity."""
+checked; timing outputs only for sanity. The kernel reads dask's configuration from
+the files ``picluster jupyter`` writes for its user (``write_dask_config``), as every
+kernel under JupyterLab does."""
 
 import re
 import sys
@@ -11,7 +13,8 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from picluster.jupyter import example_notebooks
+from picluster.jupyter import example_notebooks, write_dask_config
+from picluster.secret import Keys
 from tests.jupyter.conftest import ENGINES
 
 NBRUN = Path(__file__).with_name("nbrun.py")
@@ -47,6 +50,20 @@ EXPECTED = {
         "all 16 results, correct: True",
         f"{ENGINES} engines again; the crashed engine is gone: True",
     ],
+    "08-dask-array.ipynb": [
+        f"{ENGINES} Dask workers for {ENGINES} engines",
+        "scheduler: tls://",
+        "controller: 2 worker(s)",
+        "engine-1: 2 worker(s)",
+        "dashboard: /proxy/47029/status",
+        "16 chunks of (250, 250)",
+        "sum matches NumPy: True",
+        "row means match NumPy: True",
+        "mean of y + y.T: 1.00",
+        "y + y.T is symmetric: True",
+        "2000 rows, all near 1: True",
+        f"Dask stopped; {ENGINES} engines still ready for ipyparallel",
+    ],
 }
 
 
@@ -72,9 +89,12 @@ def test_notebook_runs(jcluster, name):
     executed.mkdir(exist_ok=True)
     dest = executed / name
     ctl = jcluster.nodes["controller"]
+    # dask's configuration as JupyterLab's user gets it (~/.config/dask), in a home of its own
+    keys = Keys.derive(jcluster.secret)
+    dask_config = write_dask_config(jcluster.workdir / "notebook-home", keys)
     run = ctl.host.run(
-        "env", f"IPYTHONDIR={jcluster.ipython_dir}", sys.executable, str(NBRUN),
-        str(source), str(dest), check=False,
+        "env", f"IPYTHONDIR={jcluster.ipython_dir}", f"DASK_CONFIG={dask_config.parent}",
+        sys.executable, str(NBRUN), str(source), str(dest), check=False,
     )  # fmt: skip
     assert run.returncode == 0, (
         f"{name} failed:\n{run.stdout[-3000:]}\n{run.stderr[-6000:]}{jcluster.logs()}"

@@ -320,6 +320,7 @@ def test_nobody_has_a_password(built):
 def test_venv_imports_and_is_compiled(built):
     checks.venv_imports(built[1])
     checks.venv_compiled(built[1])
+    checks.mpi_on_path(built[1])
 
 
 def test_plain_user_settings_reach_cluster_toml(plain_run):

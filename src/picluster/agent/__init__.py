@@ -16,10 +16,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 
-from picluster import roles
+from picluster import dasktls, roles
 from picluster.agent.controller_role import ControllerRole
-from picluster.agent.core import RoleSide, StartupError, check, serve
+from picluster.agent.core import RoleSide, Setup, StartupError, check, serve
 from picluster.agent.engine_role import EngineRole
 from picluster.mdns_log import quiet_zeroconf
 from picluster.paths import Paths
@@ -30,6 +31,14 @@ SIDES: dict[roles.Role, type[RoleSide]] = {
     roles.Role.CONTROLLER: ControllerRole,
     roles.Role.ENGINE: EngineRole,
 }
+
+
+def write_dask_tls(setup: Setup) -> None:
+    """The TLS files the hub's Dask scheduler and the engines' workers use (dasktls)."""
+    try:
+        dasktls.write(setup.paths.dask_tls_dir, dasktls.derive(setup.keys))
+    except OSError as exc:
+        log.warning("Dask's TLS files not written (%s): rc.become_dask() will fail", exc)
 
 
 def run(paths: Paths) -> int:
@@ -47,5 +56,8 @@ def run(paths: Paths) -> int:
         setup.config.cluster.name,
         setup.keys.fingerprint,
     )
+    # Off the path to the first engine (cryptography's import is ~1 s on a Pi 3):
+    # nothing reads these files before a user's rc.become_dask().
+    threading.Thread(target=write_dask_tls, args=(setup,), name="dask-tls", daemon=True).start()
     asyncio.run(serve(setup, SIDES[setup.decision.role]))
     return 0
