@@ -14,26 +14,25 @@ real-time clock (its date still in 1970 or stuck at its last shutdown before
 NTP answers, or forever on a LAN without the Internet) never rejects a peer
 as "not yet valid".
 
-Where ``distributed`` looks: dask's own configuration, given by environment
-variables (``environment``) to the ipcontroller, the engines and JupyterLab,
-whose kernels inherit them. Nothing else in ``dask.config`` changes: a
-``LocalCluster`` in the same notebook still works as usual.
+Where ``distributed`` looks: dask's own configuration. The agent gives it to
+the ipcontroller and the engines as environment variables (``environment``);
+``picluster jupyter`` and ``picluster connect`` write it to the user's dask
+configuration directory (``write_user_config``), read by notebooks, terminals
+and SSH sessions alike. Only ``tls://`` connections use it: a ``LocalCluster``
+in the same notebook still works as usual.
 """
 
 from __future__ import annotations
 
 import datetime
 import os
-import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from picluster.files import atomic_write_text
+from picluster.files import atomic_write_text, write_if_changed
 from picluster.secret import LABEL_DASK_CA, LABEL_DASK_MEMBER, Keys
 
-DIRECTORY = "dask-tls"
-"""The directory, inside a service's own private directory, that holds the files."""
 CA_FILE = "ca.pem"
 CERT_FILE = "member.pem"
 KEY_FILE = "member.key"
@@ -132,15 +131,7 @@ def write(directory: Path, material: Material) -> Path:
         (CERT_FILE, material.cert, 0o644),
         (KEY_FILE, material.key, 0o600),
     ):
-        path = directory / name
-        try:
-            same = path.read_text() == text
-        except (OSError, UnicodeDecodeError):
-            same = False
-        if not same:
-            atomic_write_text(path, text, mode=mode)
-        elif stat.S_IMODE(path.stat().st_mode) != mode:
-            path.chmod(mode)
+        write_if_changed(directory / name, text.encode("ascii"), mode)
     return directory
 
 

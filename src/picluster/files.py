@@ -32,3 +32,14 @@ def atomic_write(path: Path, data: bytes, mode: int = 0o644) -> None:
 
 def atomic_write_text(path: Path, text: str, mode: int = 0o644) -> None:
     atomic_write(path, text.encode("utf-8"), mode)
+
+
+def write_if_changed(path: Path, data: bytes, mode: int = 0o644) -> bool:
+    """``atomic_write`` unless the file already holds ``data`` with ``mode``: files
+    rewritten at every boot or start keep their inode and time when nothing changed.
+    Returns whether it wrote."""
+    with contextlib.suppress(OSError):
+        if path.read_bytes() == data and (path.stat().st_mode & 0o7777) == mode:
+            return False
+    atomic_write(path, data, mode)
+    return True

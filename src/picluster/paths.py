@@ -7,8 +7,6 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from picluster import dasktls
-
 DEFAULT_CONFIG = Path("/etc/picluster/cluster.toml")
 DEFAULT_SECRET = Path("/etc/picluster/secret")
 DEFAULT_STATE_DIR = Path("/var/lib/picluster")
@@ -58,7 +56,7 @@ class Paths:
     @property
     def dask_tls_dir(self) -> Path:
         """Dask's TLS files for the hub's scheduler and the engines' workers (dasktls)."""
-        return self.state_dir / dasktls.DIRECTORY
+        return self.state_dir / "dask-tls"
 
     @property
     def ipython_dir(self) -> Path:

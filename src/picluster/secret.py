@@ -208,8 +208,8 @@ class Keys:
         from zmq import curve_public
         from zmq.utils import z85
 
-        server_secret = z85.encode(hkdf_sha256(self._secret, LABEL_CURVE_SERVER))
-        client_secret = z85.encode(hkdf_sha256(self._secret, LABEL_CURVE_CLIENT))
+        server_secret = z85.encode(self.seed(LABEL_CURVE_SERVER))
+        client_secret = z85.encode(self.seed(LABEL_CURVE_CLIENT))
         return CurveKeys(
             server_public=curve_public(server_secret),
             server_secret=server_secret,

@@ -47,7 +47,7 @@ from pathlib import Path
 from picluster import secret as secret_mod
 from picluster import users
 from picluster.errors import PiclusterError
-from picluster.files import atomic_write
+from picluster.files import write_if_changed
 
 KEY_TYPE = "ssh-ed25519"
 CERT_TYPE = "ssh-ed25519-cert-v01@openssh.com"
@@ -376,15 +376,6 @@ def _read(path: Path) -> bytes | None:
         return None
 
 
-def _put(path: Path, data: bytes, mode: int = 0o644) -> bool:
-    """Write ``data`` atomically unless the file already holds it with ``mode``."""
-    with contextlib.suppress(OSError):
-        if _read(path) == data and (path.stat().st_mode & 0o7777) == mode:
-            return False
-    atomic_write(path, data, mode)
-    return True
-
-
 def _drop(path: Path) -> bool:
     try:
         path.unlink()
@@ -410,9 +401,9 @@ def install_user_key(layout: Layout, user: pwd.struct_passwd, keys: ClusterSsh, 
 
     def work() -> None:
         key.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        _put(key, keys.user.private_openssh(comment), 0o600)
-        _put(pub, (keys.user.public_line(comment) + "\n").encode())
-        _put(cert_file, (cert + "\n").encode())
+        write_if_changed(key, keys.user.private_openssh(comment), 0o600)
+        write_if_changed(pub, (keys.user.public_line(comment) + "\n").encode())
+        write_if_changed(cert_file, (cert + "\n").encode())
 
     _as(user, work)
 
@@ -481,23 +472,25 @@ def apply(secret: bytes, host: str, user: pwd.struct_passwd, layout: Layout) -> 
 
     # sshd's side: the CA for user certificates, who may log in with one, the host
     # certificate, and the drop-in naming them.
-    out.sshd_changed |= _put(layout.ca_pub, (ca_line + "\n").encode())
-    out.sshd_changed |= _put(layout.principals_dir / user.pw_name, f"{user.pw_name}\n".encode())
+    out.sshd_changed |= write_if_changed(layout.ca_pub, (ca_line + "\n").encode())
+    out.sshd_changed |= write_if_changed(
+        layout.principals_dir / user.pw_name, f"{user.pw_name}\n".encode()
+    )
     for stale in layout.principals_dir.iterdir():
         if stale.name != user.pw_name:  # an earlier first user's, before a rename
             out.sshd_changed |= _drop(stale)
     if host_cert is not None:
-        out.sshd_changed |= _put(layout.host_cert, (host_cert + "\n").encode())
+        out.sshd_changed |= write_if_changed(layout.host_cert, (host_cert + "\n").encode())
     elif host_key is None:
         out.sshd_changed |= _drop(layout.host_cert)
     dropin = sshd_dropin(layout, with_host_cert=host_key is not None)
-    out.sshd_changed |= _put(layout.sshd_dropin, dropin.encode())
+    out.sshd_changed |= write_if_changed(layout.sshd_dropin, dropin.encode())
 
     # ssh's side: the CA for *.local hosts, and the first user's key offered to them.
     current = (_read(layout.known_hosts) or b"").decode(errors="replace")
     trusted = f"@cert-authority {HOST_PATTERN} {ca_line} {KNOWN_HOSTS_MARK}"
-    _put(layout.known_hosts, known_hosts(current, trusted).encode())
-    _put(layout.ssh_dropin, ssh_dropin(layout, user).encode())
+    write_if_changed(layout.known_hosts, known_hosts(current, trusted).encode())
+    write_if_changed(layout.ssh_dropin, ssh_dropin(layout, user).encode())
     install_user_key(layout, user, keys, user_cert)
     out.said.append(
         f"cluster CA {keys.ca.fingerprint()} trusted for {HOST_PATTERN} hosts and for "
@@ -522,7 +515,7 @@ def remove(user: pwd.struct_passwd | None, layout: Layout) -> Outcome:
         if left != text:
             removed = True
             if left:
-                _put(layout.known_hosts, left.encode())
+                write_if_changed(layout.known_hosts, left.encode())
             else:
                 _drop(layout.known_hosts)
     if user is not None:
